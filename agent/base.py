@@ -1,0 +1,71 @@
+"""What every agent does before its own work: seed, device, run folder, logging, config checks."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from agent.config import validate_common
+from agent.errors import DataError
+from agent.logger import Logger, setup_logging
+from agent.utils import resolve_device, set_seed
+
+log = logging.getLogger(__name__)
+
+
+class BaseAgent(ABC):
+    """Shared set-up. Subclasses implement `run()`.
+
+    Args:
+        cfg: the composed experiment config (resolved here; `logdir`, `seed`, `device`, `wandb` are read).
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        OmegaConf.resolve(cfg)
+        validate_common(cfg)
+        self.validate(cfg)
+        self.cfg = cfg
+        self.seed = int(cfg.seed)
+        set_seed(self.seed)
+        self.device = resolve_device(OmegaConf.select(cfg, "device", default="auto"))
+        self.logdir = Path(cfg.logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        setup_logging(self.logdir)
+        OmegaConf.save(cfg, self.logdir / "config.yaml")
+        wandb_cfg = OmegaConf.select(cfg, "wandb", default=None)
+        self.logger = Logger(
+            self.logdir,
+            wandb_cfg=OmegaConf.to_container(wandb_cfg) if wandb_cfg else None,
+            config=OmegaConf.to_container(cfg),
+        )
+        log.info("run folder: %s (device %s, seed %d)", self.logdir, self.device, self.seed)
+
+    def validate(self, cfg: DictConfig) -> None:
+        """Agent-specific config checks, run before any work; raise `ConfigError` with one clear line."""
+
+    @abstractmethod
+    def run(self) -> None:
+        """Do the agent's work (train, fine-tune or evaluate)."""
+
+
+def load_normalization(path: str | None) -> dict[str, np.ndarray] | None:
+    """Read `normalization.npz` (obs_min, obs_max, action_min, action_max), or None when no path is set."""
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        log.warning("normalization file %s not found; checkpoints will not carry normalization statistics", p)
+        return None
+    try:
+        with np.load(p) as f:
+            stats = {k: f[k] for k in f.files}
+    except Exception as exc:
+        raise DataError(f"{p} is not a readable normalization .npz ({exc})") from exc
+    missing = {"obs_min", "obs_max", "action_min", "action_max"} - set(stats)
+    if missing:
+        raise DataError(f"{p} lacks {sorted(missing)}; expected obs_min, obs_max, action_min, action_max")
+    return stats

@@ -1,0 +1,229 @@
+"""Config plumbing: resolvers, the shared-config search path, instantiation with clear errors, and checks.
+
+Experiment files live at `cfg/<suite>/<stage>/<task>/<name>.yaml` and compose shared pieces from `cfg/common/`
+through Hydra defaults lists (`- /common/pretrain@_here_`). `register_search_path()` makes `cfg/` visible to
+Hydra wherever `--config-dir` points.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import inspect
+import math
+import operator
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from agent.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CFG_ROOT = REPO_ROOT / "cfg"
+
+_BINOPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_CMPOPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
+_FUNCS: dict[str, Callable[..., Any]] = {
+    "min": min,
+    "max": max,
+    "int": int,
+    "float": float,
+    "round": round,
+    "abs": abs,
+    "ceil": math.ceil,
+    "floor": math.floor,
+}
+
+
+def safe_eval(expr: str) -> Any:
+    """Evaluate the arithmetic in `${eval:'...'}` without executing arbitrary Python (DPPO used `eval`).
+
+    Supports numbers, strings, + - * / // % **, comparisons, `a if c else b`, lists, and min/max/int/float/round/
+    abs/ceil/floor.
+    """
+
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool, type(None))):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Not)):
+            v = ev(node.operand)
+            return -v if isinstance(node.op, ast.USub) else (+v if isinstance(node.op, ast.UAdd) else not v)
+        if isinstance(node, ast.Compare) and all(type(o) in _CMPOPS for o in node.ops):
+            left = ev(node.left)
+            for op, comp in zip(node.ops, node.comparators):
+                right = ev(comp)
+                if not _CMPOPS[type(op)](left, right):
+                    return False
+                left = right
+            return True
+        if isinstance(node, ast.IfExp):
+            return ev(node.body) if ev(node.test) else ev(node.orelse)
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return [ev(e) for e in node.elts]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
+            return _FUNCS[node.func.id](*[ev(a) for a in node.args])
+        raise ValueError(f"unsupported expression in ${{eval:'{expr}'}}: {ast.dump(node)[:60]}")
+
+    return ev(ast.parse(str(expr), mode="eval"))
+
+
+def register_resolvers() -> None:
+    """Register `eval`, `round_up`, `round_down` (and `now` when Hydra has not) with OmegaConf; idempotent."""
+    OmegaConf.register_new_resolver("eval", safe_eval, replace=True)
+    OmegaConf.register_new_resolver("round_up", lambda x: int(math.ceil(float(x))), replace=True)
+    OmegaConf.register_new_resolver("round_down", lambda x: int(math.floor(float(x))), replace=True)
+    if not OmegaConf.has_resolver("now"):
+        OmegaConf.register_new_resolver(
+            "now", lambda pattern: datetime.now().strftime(pattern), use_cache=True, replace=True
+        )
+
+
+def register_search_path() -> None:
+    """Add `cfg/` to Hydra's config search path so experiment files can compose `/common/...` pieces."""
+    from hydra.core.config_search_path import ConfigSearchPath
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    class DppoSearchPathPlugin(SearchPathPlugin):
+        def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+            search_path.append(provider="dppo", path=f"file://{CFG_ROOT}")
+
+    plugins = Plugins.instance()
+    if not any(getattr(p, "__name__", "") == "DppoSearchPathPlugin" for p in _registered):
+        plugins.register(DppoSearchPathPlugin)
+        _registered.append(DppoSearchPathPlugin)
+
+
+_registered: list[type] = []
+
+
+def compose(config_dir: str | Path, config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose a config the way `script/run.py` does (for tests and tools), without changing directory."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    register_search_path()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=False)
+
+
+def instantiate(node: Any, where: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate` that turns a wrong key or impossible value into one `ConfigError` line.
+
+    Args:
+        node: a config node with `_target_`.
+        where: its config path (e.g. `model.network`), named in the error.
+        **kwargs: extra constructor arguments (e.g. an already built network).
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_class, instantiate as hydra_instantiate
+
+    if node is None or "_target_" not in node:
+        raise ConfigError(f"{where} needs a `_target_` naming the class to build")
+    try:
+        cls = get_class(node._target_)
+    except Exception as exc:
+        raise ConfigError(f"{where}._target_={node._target_} cannot be imported ({exc})") from exc
+    _check_keys(node, cls, where, extra=set(kwargs))
+    try:
+        return hydra_instantiate(node, **kwargs, _recursive_=True, _convert_="all")
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"{where} ({cls.__name__}): {_first_line(cause)}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where} ({cls.__name__}): {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def _check_keys(node: Any, cls: type, where: str, extra: set[str]) -> None:
+    """Reject keys the class does not accept, suggesting the closest valid one; recurse into child targets."""
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n in params if n != "self"]
+    for key in node:
+        if str(key).startswith("_") or key in extra:
+            continue
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"did you mean {where}.{close[0]}?" if close else f"valid keys: {', '.join(valid)}"
+            raise ConfigError(f"{where}.{key} is not a parameter of {cls.__name__}; {hint}")
+    for key in node:
+        child = node[key]
+        if isinstance(child, DictConfig) and "_target_" in child:
+            from hydra.utils import get_class
+
+            try:
+                child_cls = get_class(child._target_)
+            except Exception as exc:
+                raise ConfigError(f"{where}.{key}._target_={child._target_} cannot be imported ({exc})") from exc
+            _check_keys(child, child_cls, f"{where}.{key}", extra=set())
+
+
+def require(cond: bool, message: str) -> None:
+    """Raise `ConfigError(message)` unless `cond`."""
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate_common(cfg: DictConfig) -> None:
+    """Checks shared by every agent: the sizes and step counts at the top level of DPPO's configs."""
+    get = lambda key: OmegaConf.select(cfg, key, default=None)  # noqa: E731
+    for key in ("obs_dim", "action_dim", "horizon_steps", "cond_steps", "denoising_steps"):
+        v = get(key)
+        require(v is None or (isinstance(v, int) and v >= 1), f"{key} must be an integer >= 1, got {v!r}")
+    horizon, act = get("horizon_steps"), get("act_steps")
+    if act is not None:
+        require(isinstance(act, int) and act >= 1, f"act_steps must be an integer >= 1, got {act!r}")
+        if horizon is not None:
+            require(act <= horizon, f"act_steps={act} is larger than horizon_steps={horizon}; set act_steps <= horizon_steps")
+    cond, img_cond = get("cond_steps"), get("img_cond_steps")
+    if img_cond is not None and cond is not None:
+        require(1 <= img_cond <= cond, f"img_cond_steps={img_cond} must be in [1, cond_steps={cond}]")
+    k, k_ft = get("denoising_steps"), get("ft_denoising_steps")
+    if k_ft is not None:
+        require(isinstance(k_ft, int) and k_ft >= 0, f"ft_denoising_steps must be an integer >= 0, got {k_ft!r}")
+        use_ddim = bool(get("model.use_ddim"))
+        limit, limit_key = (get("model.ddim_steps"), "model.ddim_steps") if use_ddim else (k, "denoising_steps")
+        if limit is not None:
+            require(
+                k_ft <= limit,
+                f"ft_denoising_steps={k_ft} is larger than {limit_key}={limit}; set ft_denoising_steps <= {limit}",
+            )
+    seed = get("seed")
+    require(isinstance(seed, int) and seed >= 0, f"seed must be a non-negative integer, got {seed!r}")
+    for key in ("train.batch_size", "train.n_epochs", "train.n_train_itr", "train.n_steps", "env.n_envs"):
+        v = get(key)
+        require(v is None or (isinstance(v, int) and v >= 1), f"{key} must be an integer >= 1, got {v!r}")

@@ -1,0 +1,175 @@
+"""Behaviour-cloning pretraining, one agent for every policy family (diffusion, Gaussian, GMM).
+
+Per batch: `loss = model.loss(actions, cond)`, AdamW step. Every `train.update_ema_freq` batches the EMA copy is
+either set to the weights (before epoch `train.epoch_start_ema`) or moved toward them with `ema.decay`. The lr
+schedule steps once per epoch. Checkpoints `checkpoint/state_<epoch>.pt` hold `model`, `ema`, optimizer, scheduler,
+RNG state, the resolved config and the normalization statistics; `resume=true` continues a killed run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from agent.base import BaseAgent, load_normalization
+from agent.checkpoint import checkpoint_path, find_resume_checkpoint, load_checkpoint, save_checkpoint
+from agent.config import instantiate, require
+from agent.dataset import StitchedSequenceDataset
+from agent.schedulers import CosineWarmupRestarts
+from agent.utils import rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+
+def make_adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the fastest implementation available for the parameters' device (fused on CPU and CUDA)."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
+class EMA:
+    """Exponential moving average of a model's parameters, kept in a deep copy of the model.
+
+    Args:
+        model: the trained model.
+        decay: weight of the old average per update (0.995 in every DPPO config).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema.decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        self._src = [p for p in model.parameters()]
+        self._dst = [p for p in self.model.parameters()]
+
+    @torch.no_grad()
+    def copy_from_model(self) -> None:
+        torch._foreach_copy_(self._dst, self._src)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        # p_ema <- decay * p_ema + (1 - decay) * p
+        torch._foreach_lerp_(self._dst, self._src, 1.0 - self.decay)
+
+
+class PretrainAgent(BaseAgent):
+    """Trains `cfg.model` by behaviour cloning on `cfg.train_dataset`."""
+
+    def validate(self, cfg: DictConfig) -> None:
+        t = cfg.train
+        require(t.n_epochs >= 1, f"train.n_epochs must be >= 1, got {t.n_epochs}")
+        require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+        require(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}")
+        require(t.save_model_freq >= 1, f"train.save_model_freq must be >= 1, got {t.save_model_freq}")
+        require(t.update_ema_freq >= 1, f"train.update_ema_freq must be >= 1, got {t.update_ema_freq}")
+        require(0.0 <= cfg.ema.decay < 1.0, f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        t = cfg.train
+        self.dataset: StitchedSequenceDataset = instantiate(cfg.train_dataset, "train_dataset", device=self.device)
+        self.model: torch.nn.Module = instantiate(cfg.model, "model").to(self.device)
+        self.ema = EMA(self.model, cfg.ema.decay)
+        self.optimizer = make_adamw(self.model.parameters(), t.learning_rate, t.weight_decay)
+        sched = t.lr_scheduler
+        self.scheduler = CosineWarmupRestarts(
+            self.optimizer, sched.first_cycle_steps, sched.warmup_steps, sched.min_lr, max_lr=t.learning_rate
+        )
+        self.normalization = load_normalization(OmegaConf.select(cfg, "normalization_path", default=None))
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.epoch = 0
+        self.n_batches = 0
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("model %s: %d parameters; %d training windows", type(self.model).__name__, n_params, len(self.dataset))
+        resume = find_resume_checkpoint(OmegaConf.select(cfg, "resume", default=None), self.logdir)
+        if resume is not None:
+            self.load(resume)
+
+    def state(self) -> dict:
+        return {
+            "kind": "pretrain",
+            "epoch": self.epoch,
+            "n_batches": self.n_batches,
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": rng_state(),
+            "config": OmegaConf.to_container(self.cfg),
+            "normalization": self.normalization,
+        }
+
+    def save(self) -> None:
+        path = save_checkpoint(checkpoint_path(self.logdir, self.epoch), self.state())
+        log.info("saved %s", path)
+
+    def load(self, path) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.model.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.generator.set_state(ckpt["generator"])
+        set_rng_state(ckpt["rng"])
+        self.epoch, self.n_batches = int(ckpt["epoch"]), int(ckpt["n_batches"])
+        log.info("resumed from %s at epoch %d", path, self.epoch)
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """Mean EMA-model loss over the held-out windows (None without a split)."""
+        if len(self.dataset.val_indices) == 0:
+            return None
+        self.ema.model.eval()
+        total, count = 0.0, 0
+        for batch in self.dataset.iterate(self.cfg.train.batch_size, split="val", shuffle=False):
+            n = len(batch.actions)
+            total += float(self.ema.model.loss(batch.actions, batch.cond)) * n
+            count += n
+        return total / count
+
+    def run(self) -> None:
+        t = self.cfg.train
+        val_freq = int(OmegaConf.select(self.cfg, "train.val_freq", default=10))
+        model, optimizer = self.model, self.optimizer
+        start = time.perf_counter()
+        bar = tqdm(range(self.epoch + 1, t.n_epochs + 1), desc="pretrain", initial=self.epoch, total=t.n_epochs)
+        for epoch in bar:
+            self.epoch = epoch
+            model.train()
+            loss_sum = torch.zeros((), device=self.device)
+            n = 0
+            for batch in self.dataset.iterate(t.batch_size, generator=self.generator):
+                loss = model.loss(batch.actions, batch.cond)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach()
+                n += 1
+                self.n_batches += 1
+                if self.n_batches % t.update_ema_freq == 0:
+                    if epoch < t.epoch_start_ema:
+                        self.ema.copy_from_model()
+                    else:
+                        self.ema.update()
+            metrics = {"pretrain/loss": float(loss_sum) / max(n, 1), "pretrain/lr": self.scheduler.get_last_lr()[0]}
+            self.scheduler.step()
+            if epoch % val_freq == 0 or epoch == t.n_epochs:
+                val = self.validation_loss()
+                if val is not None:
+                    metrics["pretrain/val_loss"] = val
+            metrics["time/elapsed_s"] = time.perf_counter() - start
+            bar.set_postfix(loss=f"{metrics['pretrain/loss']:.4f}")
+            self.logger.log(metrics, step=epoch, console=(epoch % t.log_freq == 0 or epoch == t.n_epochs))
+            if epoch % t.save_model_freq == 0 or epoch == t.n_epochs:
+                self.save()
+        self.logger.close()

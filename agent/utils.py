@@ -1,0 +1,62 @@
+"""Small shared helpers: seeding and device resolution."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from agent.errors import ConfigError
+
+
+def set_seed(seed: int) -> None:
+    """Seed python's `random`, numpy's global RNG and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """Turn a config `device` value into a `torch.device`.
+
+    Args:
+        name: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises:
+        ConfigError: CUDA was asked for but is not available, or the index does not exist.
+    """
+    if name is None or str(name) == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(str(name))
+    except RuntimeError as exc:
+        raise ConfigError(f"device={name!r} is not a device name; use cpu, cuda, cuda:0 or auto") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} was requested but CUDA is not available here; pass device=cpu")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={name} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type != "cpu" and device.type != "mps":
+        raise ConfigError(f"device={name!r} is not supported; use cpu, cuda, cuda:0 or auto")
+    return device
+
+
+def rng_state() -> dict:
+    """RNG states of python, numpy and torch, for checkpoints that must resume bit-for-bit."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

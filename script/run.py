@@ -1,0 +1,60 @@
+"""Compose a config, check it, build the agent it names (`_target_`) and run it.
+
+    python script/run.py --config-name=pre_diffusion_mlp --config-dir=cfg/gym/pretrain/hopper-medium-v2 \
+        train.n_epochs=10 device=cpu wandb=null
+    python script/run.py -m --config-name=... --config-dir=... seed=0,1,2
+
+Problems the user can fix (a wrong key or value, a missing file, CUDA asked for on a CPU machine) end the run with
+one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # allow running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(REPO))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from agent.config import register_resolvers, register_search_path  # noqa: E402
+from agent.errors import UserError  # noqa: E402
+
+log = logging.getLogger("run")
+
+
+def run_config(cfg: DictConfig) -> None:
+    """Build the agent named by `cfg._target_` with the config and run it."""
+    from hydra.utils import get_class
+
+    from agent.errors import ConfigError
+
+    target = cfg.get("_target_")
+    if not target:
+        raise ConfigError("the config has no top-level `_target_` naming the agent class to run")
+    try:
+        agent_cls = get_class(target)
+    except Exception as exc:
+        raise ConfigError(f"_target_={target} cannot be imported ({exc})") from exc
+    agent_cls(cfg).run()
+
+
+@hydra.main(version_base="1.3", config_path=None, config_name=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        run_config(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    register_resolvers()
+    register_search_path()
+    main()
