@@ -33,9 +33,8 @@ def setup_logging(logdir: str | os.PathLike | None = None, level: int = logging.
     """Configure the root logger: console through tqdm, plus `<logdir>/run.log` when a folder is given."""
     root = logging.getLogger()
     root.setLevel(level)
-    for h in list(root.handlers):
-        if getattr(h, "_dppo", False):
-            root.removeHandler(h)
+    for h in list(root.handlers):  # also Hydra's own handlers, which would print every line twice
+        root.removeHandler(h)
     console = TqdmHandler()
     console.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S"))
     console._dppo = True  # type: ignore[attr-defined]

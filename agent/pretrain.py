@@ -137,31 +137,39 @@ class PretrainAgent(BaseAgent):
             count += n
         return total / count
 
+    def train_step(self, batch) -> torch.Tensor:
+        """One AdamW step on `batch`, then the EMA cadence; returns the detached loss."""
+        t = self.cfg.train
+        loss = self.model.loss(batch.actions, batch.cond)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.n_batches += 1
+        if self.n_batches % t.update_ema_freq == 0:
+            if self.epoch < t.epoch_start_ema:
+                self.ema.copy_from_model()
+            else:
+                self.ema.update()
+        return loss.detach()
+
+    def train_epoch(self) -> float:
+        """One shuffled pass over the training windows; returns the mean loss."""
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        n = 0
+        for batch in self.dataset.iterate(self.cfg.train.batch_size, generator=self.generator):
+            loss_sum += self.train_step(batch)
+            n += 1
+        return float(loss_sum) / max(n, 1)
+
     def run(self) -> None:
         t = self.cfg.train
         val_freq = int(OmegaConf.select(self.cfg, "train.val_freq", default=10))
-        model, optimizer = self.model, self.optimizer
         start = time.perf_counter()
         bar = tqdm(range(self.epoch + 1, t.n_epochs + 1), desc="pretrain", initial=self.epoch, total=t.n_epochs)
         for epoch in bar:
             self.epoch = epoch
-            model.train()
-            loss_sum = torch.zeros((), device=self.device)
-            n = 0
-            for batch in self.dataset.iterate(t.batch_size, generator=self.generator):
-                loss = model.loss(batch.actions, batch.cond)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach()
-                n += 1
-                self.n_batches += 1
-                if self.n_batches % t.update_ema_freq == 0:
-                    if epoch < t.epoch_start_ema:
-                        self.ema.copy_from_model()
-                    else:
-                        self.ema.update()
-            metrics = {"pretrain/loss": float(loss_sum) / max(n, 1), "pretrain/lr": self.scheduler.get_last_lr()[0]}
+            metrics = {"pretrain/loss": self.train_epoch(), "pretrain/lr": self.scheduler.get_last_lr()[0]}
             self.scheduler.step()
             if epoch % val_freq == 0 or epoch == t.n_epochs:
                 val = self.validation_loss()
