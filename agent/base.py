@@ -44,7 +44,7 @@ class BaseAgent(ABC):
         )
         log.info("run folder: %s (device %s, seed %d)", self.logdir, self.device, self.seed)
 
-    def validate(self, cfg: DictConfig) -> None:
+    def validate(self, cfg: DictConfig) -> None:  # noqa: B027 (optional hook)
         """Agent-specific config checks, run before any work; raise `ConfigError` with one clear line."""
 
     @abstractmethod

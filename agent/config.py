@@ -129,7 +129,9 @@ def compose(config_dir: str | Path, config_name: str, overrides: list[str] | Non
     register_search_path()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=False)
+        return hydra_compose(
+            config_name=config_name, overrides=list(overrides or []), return_hydra_config=False
+        )
 
 
 def instantiate(node: Any, where: str, **kwargs: Any) -> Any:
@@ -141,7 +143,8 @@ def instantiate(node: Any, where: str, **kwargs: Any) -> Any:
         **kwargs: extra constructor arguments (e.g. an already built network).
     """
     from hydra.errors import InstantiationException
-    from hydra.utils import get_class, instantiate as hydra_instantiate
+    from hydra.utils import get_class
+    from hydra.utils import instantiate as hydra_instantiate
 
     if node is None or "_target_" not in node:
         raise ConfigError(f"{where} needs a `_target_` naming the class to build")
@@ -188,7 +191,9 @@ def _check_keys(node: Any, cls: type, where: str, extra: set[str]) -> None:
             try:
                 child_cls = get_class(child._target_)
             except Exception as exc:
-                raise ConfigError(f"{where}.{key}._target_={child._target_} cannot be imported ({exc})") from exc
+                raise ConfigError(
+                    f"{where}.{key}._target_={child._target_} cannot be imported ({exc})"
+                ) from exc
             _check_keys(child, child_cls, f"{where}.{key}", extra=set())
 
 
@@ -208,15 +213,22 @@ def validate_common(cfg: DictConfig) -> None:
     if act is not None:
         require(isinstance(act, int) and act >= 1, f"act_steps must be an integer >= 1, got {act!r}")
         if horizon is not None:
-            require(act <= horizon, f"act_steps={act} is larger than horizon_steps={horizon}; set act_steps <= horizon_steps")
+            require(
+                act <= horizon,
+                f"act_steps={act} is larger than horizon_steps={horizon}; set act_steps <= horizon_steps",
+            )
     cond, img_cond = get("cond_steps"), get("img_cond_steps")
     if img_cond is not None and cond is not None:
         require(1 <= img_cond <= cond, f"img_cond_steps={img_cond} must be in [1, cond_steps={cond}]")
     k, k_ft = get("denoising_steps"), get("ft_denoising_steps")
     if k_ft is not None:
-        require(isinstance(k_ft, int) and k_ft >= 0, f"ft_denoising_steps must be an integer >= 0, got {k_ft!r}")
+        require(
+            isinstance(k_ft, int) and k_ft >= 0, f"ft_denoising_steps must be an integer >= 0, got {k_ft!r}"
+        )
         use_ddim = bool(get("model.use_ddim"))
-        limit, limit_key = (get("model.ddim_steps"), "model.ddim_steps") if use_ddim else (k, "denoising_steps")
+        limit, limit_key = (
+            (get("model.ddim_steps"), "model.ddim_steps") if use_ddim else (k, "denoising_steps")
+        )
         if limit is not None:
             require(
                 k_ft <= limit,
@@ -227,3 +239,49 @@ def validate_common(cfg: DictConfig) -> None:
     for key in ("train.batch_size", "train.n_epochs", "train.n_train_itr", "train.n_steps", "env.n_envs"):
         v = get(key)
         require(v is None or (isinstance(v, int) and v >= 1), f"{key} must be an integer >= 1, got {v!r}")
+
+
+def check_overrides(config_dir: str | Path, config_name: str, overrides: list[str]) -> None:
+    """Compose once before Hydra does, turning a wrong override into one `ConfigError` line with a suggestion.
+
+    Hydra's own message for `model.network.mlp_dim=3` spans several lines and does not say what was meant.
+    """
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    plain = [o for o in overrides if not o.startswith("hydra")]
+    try:
+        compose(config_dir, config_name, plain)
+        return
+    except MissingConfigException as exc:
+        folder = Path(config_dir)
+        names = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+        where = f"available there: {', '.join(names)}" if names else "that folder has no configs"
+        raise ConfigError(f"no config {config_name}.yaml in {config_dir}; {where}") from exc
+    except ConfigCompositionException as exc:
+        cause = exc.__cause__ or exc
+        base = compose(config_dir, config_name, [])
+        for override in plain:
+            key = override.split("=", 1)[0]
+            if (
+                key.startswith(("+", "~"))
+                or OmegaConf.select(base, key, default="__missing__") != "__missing__"
+            ):
+                continue
+            raise ConfigError(f"{key} is not a key of this config; {_suggest(base, key)}") from exc
+        raise ConfigError(f"cannot compose the config: {_first_line(cause)}") from exc
+
+
+def _suggest(cfg: DictConfig, key: str) -> str:
+    """'did you mean a.b?' for the first missing part of dotted `key`, else how to add a new key."""
+    node: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, DictConfig) and part in node:
+            node = node[part]
+            continue
+        options = [str(k) for k in node] if isinstance(node, DictConfig) else []
+        close = difflib.get_close_matches(part, options, n=1)
+        if close:
+            return f"did you mean {'.'.join([*parts[:i], close[0], *parts[i + 1 :]])}?"
+        break
+    return f"use +{key}=... to add a new key"

@@ -36,7 +36,9 @@ class Batch(NamedTuple):
     cond: dict[str, torch.Tensor]
 
 
-def load_npz(path: str | os.PathLike, use_img: bool = False, hint: str | None = None) -> dict[str, np.ndarray]:
+def load_npz(
+    path: str | os.PathLike, use_img: bool = False, hint: str | None = None
+) -> dict[str, np.ndarray]:
     """Load and check a demonstration file; any problem is a one-line `DataError`.
 
     Args:
@@ -67,7 +69,9 @@ def load_npz(path: str | os.PathLike, use_img: bool = False, hint: str | None = 
     if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer) or (lengths <= 0).any():
         raise DataError(f"{path}: traj_lengths must be a 1-D array of positive integers")
     if int(lengths.sum()) != len(states):
-        raise DataError(f"{path}: traj_lengths sum to {int(lengths.sum())} but the file holds {len(states)} steps")
+        raise DataError(
+            f"{path}: traj_lengths sum to {int(lengths.sum())} but the file holds {len(states)} steps"
+        )
     for key in ("states", "actions"):
         if not np.isfinite(data[key]).all():
             bad = int((~np.isfinite(data[key])).any(axis=1).sum())
@@ -143,9 +147,7 @@ class StitchedSequenceDataset:
             )
         self.states = torch.as_tensor(data["states"][:n_steps], dtype=torch.float32, device=self.device)
         self.actions = torch.as_tensor(data["actions"][:n_steps], dtype=torch.float32, device=self.device)
-        self.images = (
-            torch.as_tensor(data["images"][:n_steps], device=self.device) if self.use_img else None
-        )
+        self.images = torch.as_tensor(data["images"][:n_steps], device=self.device) if self.use_img else None
         self.traj_lengths = lengths
 
         starts, offsets, traj_id = self._window_index(lengths, self.horizon_steps)
@@ -170,7 +172,11 @@ class StitchedSequenceDataset:
         self._img_back = torch.arange(self.img_cond_steps - 1, -1, -1, device=self.device)
         log.info(
             "dataset %s: %d trajectories, %d steps, %d windows (%d for validation)",
-            dataset_path, len(lengths), n_steps, len(starts), len(self.val_indices),
+            dataset_path,
+            len(lengths),
+            n_steps,
+            len(starts),
+            len(self.val_indices),
         )
 
     @staticmethod

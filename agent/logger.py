@@ -65,11 +65,14 @@ class Logger:
         config: the resolved config, stored with the wandb run.
     """
 
-    def __init__(self, logdir: str | os.PathLike, wandb_cfg: Mapping | None = None, config: dict | None = None):
+    def __init__(
+        self, logdir: str | os.PathLike, wandb_cfg: Mapping | None = None, config: dict | None = None
+    ):
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.path = self.logdir / "metrics.jsonl"
-        self._file = open(self.path, "a", buffering=1)  # line-buffered: a killed run keeps every logged line
+        # line-buffered and kept open for the run: a killed run keeps every logged line
+        self._file = open(self.path, "a", buffering=1)  # noqa: SIM115
         self._wandb = None
         if wandb_cfg is not None:
             import wandb  # lazy: wandb is slow to import

@@ -76,7 +76,9 @@ class PretrainAgent(BaseAgent):
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         t = cfg.train
-        self.dataset: StitchedSequenceDataset = instantiate(cfg.train_dataset, "train_dataset", device=self.device)
+        self.dataset: StitchedSequenceDataset = instantiate(
+            cfg.train_dataset, "train_dataset", device=self.device
+        )
         self.model: torch.nn.Module = instantiate(cfg.model, "model").to(self.device)
         self.ema = EMA(self.model, cfg.ema.decay)
         self.optimizer = make_adamw(self.model.parameters(), t.learning_rate, t.weight_decay)
@@ -89,7 +91,12 @@ class PretrainAgent(BaseAgent):
         self.epoch = 0
         self.n_batches = 0
         n_params = sum(p.numel() for p in self.model.parameters())
-        log.info("model %s: %d parameters; %d training windows", type(self.model).__name__, n_params, len(self.dataset))
+        log.info(
+            "model %s: %d parameters; %d training windows",
+            type(self.model).__name__,
+            n_params,
+            len(self.dataset),
+        )
         resume = find_resume_checkpoint(OmegaConf.select(cfg, "resume", default=None), self.logdir)
         if resume is not None:
             self.load(resume)
@@ -166,7 +173,9 @@ class PretrainAgent(BaseAgent):
         t = self.cfg.train
         val_freq = int(OmegaConf.select(self.cfg, "train.val_freq", default=10))
         start = time.perf_counter()
-        bar = tqdm(range(self.epoch + 1, t.n_epochs + 1), desc="pretrain", initial=self.epoch, total=t.n_epochs)
+        bar = tqdm(
+            range(self.epoch + 1, t.n_epochs + 1), desc="pretrain", initial=self.epoch, total=t.n_epochs
+        )
         for epoch in bar:
             self.epoch = epoch
             metrics = {"pretrain/loss": self.train_epoch(), "pretrain/lr": self.scheduler.get_last_lr()[0]}

@@ -11,7 +11,6 @@ one line on stderr and exit code 2.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -53,8 +52,35 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def preflight(argv: list[str]) -> None:
+    """Check a single run's overrides before Hydra starts, so a typo is one clear line (not for -m sweeps)."""
+    from agent.config import check_overrides
+
+    if any(
+        a in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv
+    ):
+        return
+    opts, overrides = {}, []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("-"):
+            name, eq, value = arg.partition("=")
+            opts[name] = value if eq else next(it, "")
+        else:
+            overrides.append(arg)
+    config_dir = opts.get("--config-dir") or opts.get("-cd")
+    config_name = opts.get("--config-name") or opts.get("-cn")
+    if not config_dir or not config_name:
+        raise UserError("give --config-dir=cfg/<suite>/<stage>/<task> and --config-name=<name>")
+    check_overrides(config_dir, config_name, overrides)
+
+
 if __name__ == "__main__":
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     register_resolvers()
     register_search_path()
+    try:
+        preflight(sys.argv[1:])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     main()

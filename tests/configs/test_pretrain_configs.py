@@ -19,8 +19,14 @@ def test_every_dppo_pretrain_config_exists():
     for task in ("hopper-medium-v2", "walker2d-medium-v2", "halfcheetah-medium-v2"):
         assert {(task, "pre_diffusion_mlp"), (task, "pre_gaussian_mlp")} <= names
     for task in ("lift", "can", "square", "transport"):
-        for p in ("diffusion_mlp", "diffusion_unet", "gaussian_mlp", "gaussian_transformer", "gmm_mlp",
-                  "gmm_transformer"):
+        for p in (
+            "diffusion_mlp",
+            "diffusion_unet",
+            "gaussian_mlp",
+            "gaussian_transformer",
+            "gmm_mlp",
+            "gmm_transformer",
+        ):
             assert (task, f"pre_{p}") in names
     for m in (1, 2, 3):
         for p in ("diffusion_mlp", "gaussian_mlp", "gmm_mlp"):
@@ -39,7 +45,13 @@ def test_pretrain_config_runs_one_epoch(path: Path, tmp_dirs: Path):
     cfg = compose(
         path.parent,
         path.stem,
-        ["device=cpu", "wandb=null", "train.n_epochs=1", "train.batch_size=16", "train.lr_scheduler.warmup_steps=0"],
+        [
+            "device=cpu",
+            "wandb=null",
+            "train.n_epochs=1",
+            "train.batch_size=16",
+            "train.lr_scheduler.warmup_steps=0",
+        ],
     )
     agent = PretrainAgent(cfg)
     agent.run()
@@ -47,5 +59,7 @@ def test_pretrain_config_runs_one_epoch(path: Path, tmp_dirs: Path):
     assert ckpt["epoch"] == 1 and ckpt["config"]["env"] == base.env
     assert ckpt["normalization"]["obs_min"].shape == (base.obs_dim,)
     with torch.no_grad():
-        actions = agent.ema.model.sample(agent.dataset.get_batch(torch.arange(3)).cond, deterministic=True).actions
+        actions = agent.ema.model.sample(
+            agent.dataset.get_batch(torch.arange(3)).cond, deterministic=True
+        ).actions
     assert actions.shape == (3, cfg.horizon_steps, cfg.action_dim) and torch.isfinite(actions).all()

@@ -19,7 +19,10 @@ def test_warmup_then_cosine_then_restart():
     for _ in range(12):
         s.step()
         lrs.append(s.get_last_lr()[0])
-    expected = [1e-5 + 9e-5 * n / 10 for n in range(10)] + [1e-4, 1e-5 + 9e-5 * (1 + math.cos(math.pi / 90)) / 2]
+    expected = [1e-5 + 9e-5 * n / 10 for n in range(10)] + [
+        1e-4,
+        1e-5 + 9e-5 * (1 + math.cos(math.pi / 90)) / 2,
+    ]
     assert lrs[:12] == pytest.approx(expected, rel=1e-9)
     assert lrs[11] == pytest.approx(9.99e-5, rel=1e-3)
     for _ in range(100 - 12):
