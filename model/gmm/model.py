@@ -1,0 +1,138 @@
+"""Gaussian-mixture action-chunk policy (reference 4.3): a chain of length one for PPO."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from model.base import Sample
+from model.gaussian.model import check_single_step
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class GMMModel(nn.Module):
+    """Policy ``p(a | s) = sum_m w_m(s) N(a | mu_m(s), diag(sigma_m(s)^2))`` over flattened action chunks.
+
+    This is ``MixtureSameFamily(Categorical(logits), Independent(Normal(means, scales), 1))`` with the event
+    being the whole chunk ``Ta * Da``, written out with ``logsumexp`` so sampling and scoring share one code
+    path.
+
+    Args:
+        network: a module with ``forward(cond) -> (means (B, M, Ta * Da), scales (B, M, Ta * Da),
+            logits (B, M))``, e.g. a :class:`~model.gmm.mlp.GMMMLP` or a
+            :class:`~model.gmm.transformer.GMMTransformer`.
+        horizon_steps: ``Ta``.
+        action_dim: ``Da``.
+        ent_coef: weight of the mean per-dim (mixture-weighted component) entropy subtracted from the BC loss.
+    """
+
+    n_chain_steps: int = 1
+
+    def __init__(self, network: nn.Module, horizon_steps: int, action_dim: int, ent_coef: float = 0.0) -> None:
+        super().__init__()
+        self.network = network
+        self.horizon_steps = horizon_steps
+        self.action_dim = action_dim
+        self.ent_coef = ent_coef
+
+    def log_prob(self, cond: dict[str, Tensor], actions: Tensor) -> Tensor:
+        """Joint mixture log-density of whole chunks.
+
+        Args:
+            cond: observation dict with batch size B.
+            actions: ``(B, Ta, Da)``.
+
+        Returns:
+            ``(B,)`` ``log p(a)`` summed over all ``Ta * Da`` dimensions.
+        """
+        means, scales, logits = self.network(cond)
+        return self._mixture_log_prob(actions.flatten(1), means, scales, logits)
+
+    @staticmethod
+    def _mixture_log_prob(x: Tensor, means: Tensor, scales: Tensor, logits: Tensor) -> Tensor:
+        """``x (B, N)``, ``means / scales (B, M, N)``, ``logits (B, M)`` -> ``(B,)``."""
+        z = (x.unsqueeze(1) - means) / scales
+        comp = (-0.5 * z**2 - scales.log() - _HALF_LOG_2PI).sum(dim=-1)  # (B, M)
+        return torch.logsumexp(torch.log_softmax(logits, dim=-1) + comp, dim=-1)
+
+    def loss(self, actions: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """Behaviour-cloning loss: the batch mean of the joint ``-log p(a)`` (minus ``ent_coef`` x entropy).
+
+        Args:
+            actions: ``(B, Ta, Da)`` demonstrated action chunks.
+            cond: observation dict with ``state`` ``(B, To, Do)``.
+
+        Returns:
+            Scalar loss.
+        """
+        means, scales, logits = self.network(cond)
+        nll = -self._mixture_log_prob(actions.flatten(1), means, scales, logits).mean()
+        if self.ent_coef == 0:
+            return nll
+        return nll - self.ent_coef * self._entropy(scales, logits).mean()
+
+    def sample(self, cond: dict[str, Tensor], deterministic: bool = False, return_chain: bool = False) -> Sample:
+        """Sample a mode, then a chunk from it (reparameterised given the mode).
+
+        Args:
+            cond: observation dict with batch size B.
+            deterministic: return the mean of the most likely mode. The reference still samples the mode here
+                (quirk 15); taking the arg-max is a deliberate fix so evaluation is repeatable.
+            return_chain: also return the chain ``(B, 2, Ta, Da)``: a zero dummy start and the action.
+
+        Returns:
+            :class:`~model.base.Sample` with ``actions`` ``(B, Ta, Da)``.
+        """
+        means, scales, logits = self.network(cond)
+        if deterministic:
+            mode = logits.argmax(dim=-1)
+        else:
+            mode = torch.distributions.Categorical(logits=logits).sample()
+        index = mode.view(-1, 1, 1).expand(-1, 1, means.shape[-1])
+        mean = means.gather(1, index).squeeze(1)  # (B, Ta * Da)
+        if deterministic:
+            flat = mean
+        else:
+            flat = mean + scales.gather(1, index).squeeze(1) * torch.randn_like(mean)
+        actions = flat.reshape(-1, self.horizon_steps, self.action_dim)
+        chain = torch.stack((torch.zeros_like(actions), actions), dim=1) if return_chain else None
+        return Sample(actions=actions, chain=chain)
+
+    def chain_log_prob(self, cond: dict[str, Tensor], chain: Tensor, step: Tensor | None = None) -> Tensor:
+        """Per-element share of the joint mixture log-density of ``chain[:, 1]``.
+
+        The joint density is divided by ``Ta * Da`` and broadcast over the chunk, so that summing over the
+        chunk recovers it and averaging gives the per-dim value that PPO compares with its clamp. The
+        reference clamps the joint value directly and saturates the clamp (quirk 7); this scaling is a
+        deliberate fix.
+
+        Args:
+            cond: observation dict with batch size B.
+            chain: ``(B, 2, Ta, Da)``; ``chain[:, 0]`` is ignored.
+            step: optional ``(B,)`` long tensor of zeros.
+
+        Returns:
+            ``(B, 1, Ta, Da)`` if ``step`` is None, else ``(B, Ta, Da)``.
+        """
+        check_single_step(chain, step, self.horizon_steps, self.action_dim)
+        per_dim = self.log_prob(cond, chain[:, 1]) / (self.horizon_steps * self.action_dim)
+        out = per_dim.view(-1, 1, 1).expand(-1, self.horizon_steps, self.action_dim)
+        return out if step is not None else out.unsqueeze(1)
+
+    @staticmethod
+    def _entropy(scales: Tensor, logits: Tensor) -> Tensor:
+        """Mixture-weighted per-dim component entropy ``sum_m w_m mean_d H(sigma_md)``, shape ``(B,)``."""
+        comp = (0.5 + _HALF_LOG_2PI + scales.log()).mean(dim=-1)  # (B, M)
+        return (torch.softmax(logits, dim=-1) * comp).sum(dim=-1)
+
+    def entropy(self, cond: dict[str, Tensor]) -> Tensor:
+        """Mixture-weighted mean per-dim component entropy (not the mixture's own entropy), shape ``(B,)``."""
+        _, scales, logits = self.network(cond)
+        return self._entropy(scales, logits)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The network's parameters (including a learned state-independent log-variance)."""
+        return [p for p in self.network.parameters() if p.requires_grad]
