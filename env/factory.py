@@ -1,0 +1,329 @@
+"""`make_vec_env`: the DPPO-style `env:` config block -> a vector env that follows INTERFACES.md.
+
+Config keys (everything else is an error, except the training-loop keys in `LOOP_KEYS`):
+
+- name (required): task name. gym: hopper-v2, hopper-medium-v2 (and the other D4RL datasets), walker2d-...,
+  halfcheetah-...; robomimic: lift, can, square, transport; kitchen: kitchen-complete-v0, kitchen-partial-v0,
+  kitchen-mixed-v0; avoid: avoid_m1, avoid_m2, avoid_m3.
+- n_envs (1): number of sub-envs E.
+- max_episode_steps (suite default: gym 1000, lift/can 300, square 400, transport 800, kitchen 280, avoid 100):
+  time limit in env steps (truncation).
+- asynchronous (False): AsyncVectorEnv (one process per sub-env) instead of SyncVectorEnv.
+- mp_context (None): start method for async workers; forced to "spawn" when MuJoCo renders.
+- step_timeout (300): seconds an async step may take before the workers are reported as hung (reset: 4x).
+- action_clip (True): clip normalised actions to [-1, 1]; False: out-of-range actions raise ValueError.
+- action_tolerance (1e-3): allowed excess beyond [-1, 1] when action_clip is False.
+- save_video (False): record mp4 videos of the first `n_video_envs` sub-envs into `video_dir` ("videos"),
+  `n_video_episodes` (1) episodes each (re-armed by `reset(options={"video_prefix": ...})`), at `video_fps`
+  (None: the env's render fps), frames of `render_size` ([256, 256]) from `render_camera` (robosuite only,
+  default "agentview").
+- env_kwargs ({}): suite-specific keyword arguments (see each suite module).
+- wrappers ({}): ordered mapping {wrapper name: kwargs}, applied in order (see below).
+- use_image_obs (None): DPPO's flag; if given, it must agree with the task wrapper.
+
+`wrappers`: at most one *task* wrapper (`mujoco_locomotion_lowdim`, `d3il_lowdim`, `robomimic_lowdim`,
+`robomimic_image`), then optional generic wrappers, then `multi_step` last. A missing task wrapper becomes the
+suite's default with identity normalisation; a missing `multi_step` becomes `multi_step` with To = Te = 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+from env.registry import EnvConfigError, EnvSpec, Suite, get_suite, get_wrapper, resolve_env_name
+from env.vector import ChunkedVectorEnv, EnvWorkerError
+from env.wrappers.guard import SubEnvGuard
+from env.wrappers.video import VideoRecorder
+
+log = logging.getLogger(__name__)
+
+# Keys of DPPO's env block that the training loop (not the factory) consumes; accepted and ignored here.
+LOOP_KEYS = frozenset(
+    {"reset_at_iteration", "best_reward_threshold_for_success", "save_full_observations", "specific", "env_type"}
+)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The parsed and checked `env` block (see the module docstring for the keys)."""
+
+    name: str
+    n_envs: int = 1
+    max_episode_steps: int | None = None
+    asynchronous: bool = False
+    mp_context: str | None = None
+    step_timeout: float | None = 300.0
+    action_clip: bool = True
+    action_tolerance: float = 1e-3
+    save_video: bool = False
+    video_dir: str = "videos"
+    n_video_envs: int = 1
+    n_video_episodes: int = 1
+    video_fps: int | None = None
+    render_size: tuple[int, int] = (256, 256)
+    render_camera: str | None = None
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    wrappers: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    use_image_obs: bool | None = None
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> EnvConfig:
+        """Parse a plain mapping; raises EnvConfigError naming the key for unknown keys or bad values."""
+        fields = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(cfg) - fields - LOOP_KEYS)
+        if unknown:
+            raise EnvConfigError(
+                f"env: unknown key(s) {unknown}; accepted: {', '.join(sorted(fields))} "
+                f"(and, for the training loop, {', '.join(sorted(LOOP_KEYS))})"
+            )
+        if not cfg.get("name"):
+            raise EnvConfigError("env.name is required")
+        kwargs = {k: v for k, v in cfg.items() if k in fields}
+        wrappers = kwargs.pop("wrappers", None) or {}
+        if not isinstance(wrappers, Mapping):
+            raise EnvConfigError("env.wrappers must be a mapping {wrapper_name: {kwargs}}")
+        kwargs["wrappers"] = tuple((str(k), dict(v or {})) for k, v in wrappers.items())
+        if "render_size" in kwargs:
+            size = kwargs["render_size"]
+            if isinstance(size, int):
+                size = (size, size)
+            kwargs["render_size"] = (int(size[0]), int(size[1]))
+        kwargs["env_kwargs"] = dict(kwargs.get("env_kwargs") or {})
+        out = cls(**kwargs)
+        out._check()
+        return out
+
+    def _check(self) -> None:
+        def positive(key: str, value: Any) -> None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise EnvConfigError(f"env.{key} must be a positive integer, got {value!r}")
+
+        positive("n_envs", self.n_envs)
+        positive("n_video_envs", self.n_video_envs)
+        positive("n_video_episodes", self.n_video_episodes)
+        if self.max_episode_steps is not None:
+            positive("max_episode_steps", self.max_episode_steps)
+        if self.step_timeout is not None and self.step_timeout <= 0:
+            raise EnvConfigError(f"env.step_timeout must be > 0 or null, got {self.step_timeout}")
+        if self.mp_context not in (None, "fork", "spawn", "forkserver"):
+            raise EnvConfigError(f"env.mp_context must be fork, spawn, forkserver or null, got {self.mp_context!r}")
+        if any(s < 2 or s % 2 for s in self.render_size):
+            raise EnvConfigError(f"env.render_size must be two even numbers [H, W], got {list(self.render_size)}")
+
+
+def _to_plain(obj: Any) -> Any:
+    """DictConfig/ListConfig (omegaconf) or nested mappings -> plain dicts and lists."""
+    if type(obj).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, Mapping):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+@dataclass(frozen=True)
+class _SubEnvPlan:
+    """Picklable recipe for one sub-env (sent to spawn workers)."""
+
+    suite: str
+    spec: EnvSpec
+    wrappers: tuple[tuple[str, Mapping[str, Any]], ...]
+    label: str
+    video: tuple[str, str, int, int, int | None] | None  # (video_dir, prefix, index, n_episodes, fps)
+
+
+def _build_sub_env(plan: _SubEnvPlan) -> gym.Env:
+    """Build raw env -> [video] -> task wrapper -> ... -> multi_step -> guard (runs inside the worker)."""
+    suite = get_suite(plan.suite)
+    env = suite.builder(plan.spec)
+    if plan.video is not None:
+        video_dir, prefix, index, n_episodes, fps = plan.video
+        env = VideoRecorder(env, video_dir, prefix, index=index, n_episodes=n_episodes, fps=fps)
+    for name, kwargs in plan.wrappers:
+        env = get_wrapper(name).factory(env, **kwargs)
+    return SubEnvGuard(env, plan.label)
+
+
+def _plan_wrappers(
+    cfg: EnvConfig, suite: Suite, max_episode_steps: int
+) -> tuple[tuple[tuple[str, dict[str, Any]], ...], bool]:
+    """Validate the wrapper list and fill in defaults. Returns (wrappers, needs_gl)."""
+    wrappers = [(name, dict(kwargs)) for name, kwargs in cfg.wrappers]
+    entries = [get_wrapper(name) for name, _ in wrappers]
+    roles = [e.role for e in entries]
+    if roles.count("task") > 1:
+        raise EnvConfigError(f"env.wrappers: at most one task wrapper, got {[n for n, _ in wrappers]}")
+    if roles.count("chunk") > 1 or ("chunk" in roles and roles[-1] != "chunk"):
+        raise EnvConfigError("env.wrappers: multi_step must be listed once, as the last wrapper")
+    if "task" in roles and roles.index("task") != 0:
+        raise EnvConfigError("env.wrappers: the task wrapper (normalisation) must be listed first")
+    if "task" not in roles:
+        log.info("env %s: no task wrapper configured, using %s with identity scaling", cfg.name, suite.default_wrapper)
+        wrappers.insert(0, (suite.default_wrapper, {}))
+        entries.insert(0, get_wrapper(suite.default_wrapper))
+    if "chunk" not in roles:
+        wrappers.append(("multi_step", {"max_episode_steps": max_episode_steps}))
+        entries.append(get_wrapper("multi_step"))
+    task = entries[0]
+    if suite.obs_kind not in task.obs_kinds:
+        fitting = ", ".join(n for n in _task_wrappers_for(suite.obs_kind))
+        raise EnvConfigError(
+            f"env.wrappers.{task.name} does not apply to env '{cfg.name}' (suite '{suite.name}'); use {fitting}"
+        )
+    chunk_kwargs = wrappers[-1][1]
+    chunk_kwargs.setdefault("max_episode_steps", max_episode_steps)
+    if chunk_kwargs["max_episode_steps"] not in (None, max_episode_steps):
+        log.warning(
+            "env %s: multi_step.max_episode_steps=%s differs from env.max_episode_steps=%s; the smaller one applies",
+            cfg.name,
+            chunk_kwargs["max_episode_steps"],
+            max_episode_steps,
+        )
+    for entry, (_, kwargs) in zip(entries, wrappers):
+        entry.check_kwargs(kwargs)
+    needs_gl = any(e.needs_gl for e in entries)
+    if cfg.use_image_obs is not None and bool(cfg.use_image_obs) != needs_gl:
+        raise EnvConfigError(
+            f"env.use_image_obs={cfg.use_image_obs} but the task wrapper is {task.name} "
+            f"({'with' if needs_gl else 'without'} images)"
+        )
+    return tuple(wrappers), needs_gl
+
+
+def _task_wrappers_for(obs_kind: str) -> list[str]:
+    from env.registry import known_wrappers
+
+    return [n for n in known_wrappers() if obs_kind in get_wrapper(n).obs_kinds]
+
+
+def _ensure_headless_gl() -> None:
+    """Select EGL for MuJoCo rendering when no backend is chosen (must happen before mujoco creates a context)."""
+    if "MUJOCO_GL" not in os.environ:
+        os.environ["MUJOCO_GL"] = "egl"
+        log.info("MUJOCO_GL not set: using egl for offscreen rendering (set MUJOCO_GL=osmesa without a GPU/EGL)")
+    if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+
+def vectorize(
+    env_fns: Sequence[Callable[[], gym.Env]],
+    *,
+    name: str,
+    seed: int | None = None,
+    asynchronous: bool = False,
+    context: str | None = None,
+    action_clip: bool = True,
+    action_tolerance: float = 1e-3,
+    step_timeout: float | None = 300.0,
+) -> ChunkedVectorEnv:
+    """Vectorise sub-env constructors whose envs end in `MultiStep` (SAME_STEP autoreset) and wrap the result.
+
+    Args:
+        env_fns: one picklable constructor per sub-env.
+        name: env name for messages.
+        seed: seed of the first reset (sub-env i: seed + i).
+        asynchronous: one worker process per sub-env.
+        context: multiprocessing start method for async envs.
+        action_clip, action_tolerance, step_timeout: see `ChunkedVectorEnv`.
+    """
+    if asynchronous:
+        try:
+            vec: gym.vector.VectorEnv = AsyncVectorEnv(
+                list(env_fns), context=context, autoreset_mode=AutoresetMode.SAME_STEP, daemon=True, copy=False
+            )
+        except (BrokenPipeError, EOFError, ConnectionError) as e:
+            hint = (
+                " (spawned workers re-import the main script: guard its entry point with `if __name__ == '__main__':`)"
+                if context == "spawn"
+                else ""
+            )
+            raise EnvWorkerError(f"{name}: async worker processes failed to start{hint}: {e!r}") from e
+    else:
+        vec = SyncVectorEnv(list(env_fns), autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
+    return ChunkedVectorEnv(
+        vec,
+        name=name,
+        seed=seed,
+        action_clip=action_clip,
+        action_tolerance=action_tolerance,
+        step_timeout=step_timeout,
+    )
+
+
+def make_vec_env(env_cfg: Mapping[str, Any], *, seed: int, env_meta_path: str | None = None) -> ChunkedVectorEnv:
+    """Build the vector env described by a DPPO-style `env` block.
+
+    Args:
+        env_cfg: the `env:` block (dict or omegaconf DictConfig); keys in the module docstring.
+        seed: base seed; sub-env i is seeded with seed + i at the first reset.
+        env_meta_path: robomimic env_meta JSON (DPPO's `robomimic_env_cfg_path`); default:
+            cfg/robomimic/env_meta/<name>[-img].json.
+
+    Returns:
+        ChunkedVectorEnv: `reset() -> (obs, {})`, `step((E, Te, Da)) -> (obs, reward (E,), terminated (E,),
+        truncated (E,), info)`; see `ChunkedVectorEnv.step` for the info keys.
+
+    Raises:
+        EnvConfigError: unknown env name (lists the known ones), unknown key, bad value.
+        MissingDependencyError: the suite's pip extra is not installed (one line naming it).
+    """
+    cfg = EnvConfig.from_mapping(_to_plain(env_cfg))
+    name, suite = resolve_env_name(cfg.name)
+    suite.check_available(name)
+    if suite.validate_kwargs is not None:
+        suite.validate_kwargs(name, cfg.env_kwargs)
+    max_episode_steps = cfg.max_episode_steps or suite.max_episode_steps[name]
+    wrappers, needs_gl = _plan_wrappers(cfg, suite, max_episode_steps)
+    renders_gl = suite.uses_gl and (needs_gl or cfg.save_video)
+    if renders_gl:
+        _ensure_headless_gl()
+    context = cfg.mp_context
+    if cfg.asynchronous and renders_gl and context != "spawn":
+        # A forked worker inherits the parent's OpenGL/EGL state and hangs on its first render.
+        context = "spawn"
+    base_spec = EnvSpec(
+        name=name,
+        max_episode_steps=max_episode_steps,
+        render_size=cfg.render_size,
+        render_camera=cfg.render_camera,
+        env_meta_path=env_meta_path,
+        wrappers={k: v for k, v in wrappers},
+        env_kwargs=dict(cfg.env_kwargs),
+    )
+    plans = []
+    for i in range(cfg.n_envs):
+        record = cfg.save_video and i < cfg.n_video_envs
+        video = None
+        if record:
+            video = (cfg.video_dir, name, i, cfg.n_video_episodes, cfg.video_fps)
+        spec = replace(base_spec, render=record, index=i)
+        plans.append(_SubEnvPlan(suite.name, spec, wrappers, f"{name} sub-env {i}", video))
+    log.info(
+        "building %d %s %s env(s) (suite %s, max_episode_steps %d)",
+        cfg.n_envs,
+        "async" if cfg.asynchronous else "sync",
+        name,
+        suite.name,
+        max_episode_steps,
+    )
+    return vectorize(
+        [partial(_build_sub_env, p) for p in plans],
+        name=name,
+        seed=seed,
+        asynchronous=cfg.asynchronous,
+        context=context,
+        action_clip=cfg.action_clip,
+        action_tolerance=cfg.action_tolerance,
+        step_timeout=cfg.step_timeout,
+    )
