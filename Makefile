@@ -5,9 +5,17 @@ PY ?= python
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all lint format bench quickstart clean
+.PHONY: install sysdeps test test-all lint format bench quickstart clean
+SYSDEPS := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1
 
-install:
+# Software EGL for offscreen MuJoCo rendering (videos, pixel observations); installed when apt and root are there.
+sysdeps:
+	@if command -v dpkg >/dev/null && ! dpkg -s $(SYSDEPS) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSDEPS) >/dev/null; \
+	  else echo "note: rendering needs the system packages $(SYSDEPS)"; fi; fi
+
+install: sysdeps
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[all]"
 
