@@ -1,0 +1,1 @@
+"""Policies (diffusion, Gaussian, GMM), critics and shared network blocks."""

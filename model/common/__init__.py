@@ -1,0 +1,1 @@
+"""Network blocks shared by every policy family: MLPs, embeddings, critics, transformers."""

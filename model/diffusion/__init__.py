@@ -1,0 +1,1 @@
+"""Diffusion policies: noise schedules, denoiser networks, the DiffusionModel policy and eta modules."""

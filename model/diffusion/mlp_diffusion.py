@@ -1,0 +1,94 @@
+"""MLP denoiser for state-based diffusion policies (reference 1.6, DiffusionMLP)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from model.common.mlp import MLP, ResidualMLP
+from model.common.modules import SinusoidalPosEmb
+
+
+class DiffusionMLP(nn.Module):
+    """Epsilon (or x0) predictor ``f(x, t, s)`` built from an MLP over ``[flatten(x), time_emb, state]``.
+
+    Args:
+        action_dim: Da.
+        horizon_steps: Ta.
+        cond_dim: flattened state size To * Do.
+        time_dim: width td of the time embedding ``Linear(2td, td)(Mish(Linear(td, 2td)(SinEmb_td(t))))``.
+        mlp_dims: hidden widths of the main MLP.
+        cond_mlp_dims: optional hidden/output widths of an MLP applied to the state first (Identity output).
+        activation_type: hidden activation (main MLP and cond MLP).
+        out_activation_type: activation after the output layer.
+        use_layernorm: LayerNorm in the main MLP (inside the residual blocks when ``residual_style``).
+        residual_style: use a ResidualMLP (``len(mlp_dims) - 1`` must be even) instead of a plain MLP.
+    """
+
+    def __init__(
+        self,
+        action_dim: int,
+        horizon_steps: int,
+        cond_dim: int,
+        time_dim: int = 16,
+        mlp_dims: Sequence[int] = (256, 256),
+        cond_mlp_dims: Sequence[int] | None = None,
+        activation_type: str = "Mish",
+        out_activation_type: str = "Identity",
+        use_layernorm: bool = False,
+        residual_style: bool = False,
+    ) -> None:
+        super().__init__()
+        self.action_dim = action_dim
+        self.horizon_steps = horizon_steps
+        self.cond_dim = cond_dim
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(time_dim),
+            nn.Linear(time_dim, time_dim * 2),
+            nn.Mish(),
+            nn.Linear(time_dim * 2, time_dim),
+        )
+        if cond_mlp_dims:
+            self.cond_mlp: nn.Module | None = MLP(
+                [cond_dim, *cond_mlp_dims], activation_type=activation_type, out_activation_type="Identity"
+            )
+            cond_out = int(cond_mlp_dims[-1])
+        else:
+            self.cond_mlp = None
+            cond_out = cond_dim
+        act_flat = action_dim * horizon_steps
+        dims = [act_flat + time_dim + cond_out, *mlp_dims, act_flat]
+        if residual_style:
+            self.mlp_mean: nn.Module = ResidualMLP(
+                dims,
+                activation_type=activation_type,
+                out_activation_type=out_activation_type,
+                use_layernorm=use_layernorm,
+            )
+        else:
+            self.mlp_mean = MLP(
+                dims,
+                activation_type=activation_type,
+                out_activation_type=out_activation_type,
+                use_layernorm=use_layernorm,
+            )
+
+    def forward(self, x: Tensor, time: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """Predict the denoising target.
+
+        Args:
+            x: ``(B, Ta, Da)`` noisy action chunk.
+            time: ``(B,)`` integer denoising index.
+            cond: dict with ``state`` ``(B, To, Do)``.
+
+        Returns:
+            ``(B, Ta, Da)``.
+        """
+        b = x.shape[0]
+        state = cond["state"].reshape(b, -1)
+        if self.cond_mlp is not None:
+            state = self.cond_mlp(state)
+        h = torch.cat((x.reshape(b, -1), self.time_embedding(time), state), dim=-1)
+        return self.mlp_mean(h).view(b, self.horizon_steps, self.action_dim)
