@@ -26,6 +26,9 @@ def test_every_dppo_pretrain_config_exists():
             "gaussian_transformer",
             "gmm_mlp",
             "gmm_transformer",
+            "diffusion_mlp_img",
+            "diffusion_unet_img",
+            "gaussian_mlp_img",
         ):
             assert (task, f"pre_{p}") in names
     for m in (1, 2, 3):
@@ -38,8 +41,17 @@ def test_pretrain_config_runs_one_epoch(path: Path, tmp_dirs: Path):
     from agent.pretrain import PretrainAgent
 
     base = compose(path.parent, path.stem, ["device=cpu", "wandb=null"])
+    # Pixel configs read <task>-img/train.npz with `images`; 24x24 frames (not 96x96) keep this CPU test short.
+    use_img = bool(base.train_dataset.get("use_img", False))
+    image_shape = (base.shape_meta.obs.rgb.shape[0], 24, 24) if use_img else None
+    small_images = [f"shape_meta.obs.rgb.shape=[{','.join(map(str, image_shape))}]"] if use_img else []
+    folder = f"{base.env}-img" if use_img else base.env
     data = make_demo_npz(
-        tmp_dirs / "data" / base.suite / base.env / "train.npz", base.obs_dim, base.action_dim, (24, 20)
+        tmp_dirs / "data" / base.suite / folder / "train.npz",
+        base.obs_dim,
+        base.action_dim,
+        (24, 20),
+        image_shape=image_shape,
     )
     assert Path(base.train_dataset_path) == data
     cfg = compose(
@@ -51,6 +63,7 @@ def test_pretrain_config_runs_one_epoch(path: Path, tmp_dirs: Path):
             "train.n_epochs=1",
             "train.batch_size=16",
             "train.lr_scheduler.warmup_steps=0",
+            *small_images,
         ],
     )
     agent = PretrainAgent(cfg)

@@ -1,0 +1,179 @@
+"""Pixel pretraining throughput: samples/s end to end (gather + step + EMA) and model-only, per encoder and network.
+
+    python script/bench/pixels.py [--device auto] [--steps 20] [--configs vit-mlp resnet-mlp] [--batch-size 256]
+    python script/bench/pixels.py --sampling        # also: DDPM K=100 rollout chunks/s, encode-once vs per-step
+
+Uses the real pixel configs (`cfg/robomimic/pretrain/<task>/pre_*_img`, 96x96 images, the configs' batch size 256)
+and the real `PretrainAgent` on a generated dataset; the ResNet rows swap `model.network.encoder` for
+`cfg/common/policy/encoder_resnet_img.yaml`. Numbers depend on the device: compare rows from one machine only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf, open_dict
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from agent.config import CFG_ROOT, compose  # noqa: E402
+from agent.pretrain import PretrainAgent  # noqa: E402
+
+# name: (config folder, config name, encoder piece replacing the config's encoder or None)
+CONFIGS = {
+    "vit-mlp": ("robomimic/pretrain/can", "pre_diffusion_mlp_img", None),
+    "resnet-mlp": ("robomimic/pretrain/can", "pre_diffusion_mlp_img", "encoder_resnet_img"),
+    "vit-unet": ("robomimic/pretrain/can", "pre_diffusion_unet_img", None),
+    "resnet-unet": ("robomimic/pretrain/can", "pre_diffusion_unet_img", "encoder_resnet_img"),
+    "vit-transformer": ("robomimic/pretrain/can", "pre_diffusion_transformer_img", None),
+    "vit-gaussian": ("robomimic/pretrain/can", "pre_gaussian_mlp_img", None),
+    "vit-mlp-2cam": ("robomimic/pretrain/transport", "pre_diffusion_mlp_img", None),
+    "resnet-mlp-2cam": ("robomimic/pretrain/transport", "pre_diffusion_mlp_img", "encoder_resnet_img"),
+}
+DEFAULT = ["vit-mlp", "resnet-mlp", "vit-unet", "vit-transformer", "vit-gaussian", "vit-mlp-2cam"]
+
+
+def write_dataset(path: Path, obs_dim: int, action_dim: int, image_shape: tuple[int, ...], n_traj: int = 20) -> None:
+    """Random demonstrations: ``n_traj`` trajectories of 200 steps with uint8 images."""
+    rng = np.random.default_rng(0)
+    length = 200
+    n = n_traj * length
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        states=rng.uniform(-1, 1, (n, obs_dim)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (n, action_dim)).astype(np.float32),
+        traj_lengths=np.full(n_traj, length),
+        images=rng.integers(0, 256, (n, *image_shape), dtype=np.uint8),
+    )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(agent: PretrainAgent, steps: int, end_to_end: bool, repeats: int = 3) -> float:
+    """Median samples/s over ``repeats`` timed runs of ``steps`` optimizer steps (after one warm-up run)."""
+    bs = agent.cfg.train.batch_size
+    fixed = agent.dataset.get_batch(torch.arange(bs, device=agent.device))
+    rates = []
+    for _ in range(repeats + 1):
+        it = agent.dataset.iterate(bs, generator=agent.generator, drop_last=True)
+        sync(agent.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            agent.train_step(next(it) if end_to_end else fixed)
+        sync(agent.device)
+        rates.append(steps * bs / (time.perf_counter() - t0))
+    return statistics.median(rates[1:])
+
+
+@torch.no_grad()
+def sampling_rate(agent: PretrainAgent, n_cond: int, encode_once: bool, repeats: int = 3) -> float:
+    """Action chunks/s of ``model.sample`` (DDPM, K as configured) for ``n_cond`` observations in eval mode."""
+    model = agent.model.eval()
+    cond = agent.dataset.get_batch(torch.arange(n_cond, device=agent.device)).cond
+    net = model.network
+    if not encode_once:
+        model.network = PerStepEncoding(net)
+    rates = []
+    try:
+        for _ in range(repeats + 1):
+            sync(agent.device)
+            t0 = time.perf_counter()
+            model.sample(cond)
+            sync(agent.device)
+            rates.append(n_cond / (time.perf_counter() - t0))
+    finally:
+        model.network = net
+        model.train()
+    return statistics.median(rates[1:])
+
+
+class PerStepEncoding(torch.nn.Module):
+    """Hides ``encode_cond`` so DiffusionModel passes the raw observation and every denoising step re-encodes it
+    (what a denoiser without encode-once does); for the comparison column only."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, time: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(x, time, cond)
+
+
+def build(key: str, args: argparse.Namespace, tmp: str) -> PretrainAgent:
+    folder, name, encoder_piece = CONFIGS[key]
+    probe = compose(CFG_ROOT / folder, name, ["wandb=null"])
+    shape = tuple(int(s) for s in probe.shape_meta.obs.rgb.shape)
+    data = Path(tmp) / f"{probe.env}-{shape[0]}.npz"
+    if not data.exists():
+        write_dataset(data, probe.obs_dim, probe.action_dim, shape)
+    overrides = [f"device={args.device}", "wandb=null", f"train_dataset_path={data}", f"log_dir={tmp}/log"]
+    if args.batch_size:
+        overrides.append(f"train.batch_size={args.batch_size}")
+    cfg = compose(CFG_ROOT / folder, name, overrides)
+    if encoder_piece is not None:
+        with open_dict(cfg):
+            cfg.model.network.encoder = OmegaConf.load(CFG_ROOT / "common" / "policy" / f"{encoder_piece}.yaml")
+    agent = PretrainAgent(cfg)
+    agent.epoch = cfg.train.epoch_start_ema  # measure the steady state (EMA lerp, not copy)
+    return agent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per timed run")
+    parser.add_argument("--configs", nargs="+", default=DEFAULT, choices=list(CONFIGS))
+    parser.add_argument("--batch-size", type=int, default=0, help="override train.batch_size (0 = the config's)")
+    parser.add_argument("--sampling", action="store_true", help="also time DDPM sampling, encode-once vs per-step")
+    parser.add_argument("--n-cond", type=int, default=50, help="observations per sampling call (env.n_envs)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.disable(logging.INFO)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in args.configs:
+            agent = build(key, args, tmp)
+            n_params = sum(p.numel() for p in agent.model.parameters())
+            enc_params = sum(p.numel() for p in agent.model.network.encoder.parameters())
+            model_only = measure(agent, args.steps, end_to_end=False)
+            e2e = measure(agent, args.steps, end_to_end=True)
+            sample = None
+            if args.sampling and hasattr(agent.model, "denoising_steps"):
+                sample = (sampling_rate(agent, args.n_cond, True), sampling_rate(agent, args.n_cond, False))
+            bs, dev = agent.cfg.train.batch_size, str(agent.device)
+            rows.append((key, bs, dev, n_params, enc_params, e2e, model_only, sample))
+            del agent
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    print(f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads, 96x96 images, {args.steps} steps/run")
+    header = f"{'config':<16} {'batch':>5} {'device':<7} {'params':>7} {'encoder':>7} {'end-to-end/s':>13}"
+    header += f" {'model-only/s':>13}"
+    if args.sampling:
+        header += f" {'sample/s once':>14} {'per-step':>9}"
+    print(header)
+    for key, bs, dev, n_params, enc_params, e2e, mo, sample in rows:
+        line = f"{key:<16} {bs:>5} {dev:<7} {n_params / 1e6:>6.2f}M {enc_params / 1e6:>6.2f}M"
+        line += f" {e2e:>13,.0f} {mo:>13,.0f}"
+        if args.sampling:
+            line += f" {sample[0]:>14,.1f} {sample[1]:>9,.1f}" if sample else f" {'-':>14} {'-':>9}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
