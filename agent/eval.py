@@ -1,0 +1,106 @@
+"""Evaluation agent: deterministic rollouts of a pretraining or fine-tuning checkpoint.
+
+    python script/run.py --config-name=eval_diffusion_mlp --config-dir=cfg/gym/eval/hopper-v2 \
+        base_policy_path=<checkpoint or run folder> ft_denoising_steps=10
+
+`base_policy_path` may be a pretraining checkpoint (evaluated with its EMA weights, `ft_denoising_steps=0`; the
+reference evaluated the non-EMA weights, quirk 8) or a fine-tuning checkpoint (the frozen base runs the first
+denoising steps and the fine-tuned copy the last `ft_denoising_steps`, which must equal the checkpoint's: a
+mismatch is a `ConfigError`, never silently another policy).
+
+Reports mean return, success rate, mean episode length and the episode count over `n_episodes` episodes (one per
+env by default, each env's first ones, so short episodes are not favoured) or, with `n_episodes: null`, over the
+episodes that finish within `n_steps` chunks per env. The result goes to `<logdir>/eval_result.json` and the
+metrics log; with `env.save_video: true` the first sub-env's episodes are written to `<logdir>/videos/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from agent.base import BaseAgent, load_normalization
+from agent.checkpoint import load_checkpoint
+from agent.config import require
+from agent.errors import ConfigError
+from agent.finetune.base import make_env, run_episodes
+from agent.finetune.loading import build_policy, find_checkpoint, load_policy_weights, pretrain_command
+
+log = logging.getLogger(__name__)
+
+
+class EvalAgent(BaseAgent):
+    """Evaluate `base_policy_path` on `cfg.env` with deterministic sampling."""
+
+    def validate(self, cfg: DictConfig) -> None:
+        get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
+        require(get("env") is not None and get("env.name"), "evaluation needs an `env` block with env.name")
+        require(get("act_steps") is not None, "act_steps (env steps executed per action chunk) must be set")
+        n_steps, n_episodes = get("n_steps"), get("n_episodes")
+        require(
+            n_episodes is not None or (isinstance(n_steps, int) and n_steps >= 1),
+            f"set n_episodes, or n_steps to an integer >= 1 (got n_steps={n_steps!r})",
+        )
+        require(
+            n_episodes is None or (isinstance(n_episodes, int) and n_episodes >= 1),
+            f"n_episodes must be an integer >= 1 or null, got {n_episodes!r}",
+        )
+        base = get("base_policy_path")
+        if not base:
+            raise ConfigError("base_policy_path must name the checkpoint to evaluate")
+        if find_checkpoint(base) is None:
+            raise ConfigError(
+                f"base_policy_path={base} has no checkpoint; pass base_policy_path=<state_<N>.pt or run folder> "
+                f"(a fine-tuning run's, or a pretraining one's from `{pretrain_command(cfg)}`)"
+            )
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        c = self.cfg
+        self.checkpoint_path = find_checkpoint(c.base_policy_path)
+        assert self.checkpoint_path is not None  # validate() checked it
+        ckpt = load_checkpoint(self.checkpoint_path)
+        self.policy = build_policy(c)
+        self.checkpoint_kind = load_policy_weights(self.policy, ckpt, c, self.checkpoint_path, for_eval=True)
+        self.policy.to(self.device).eval()
+        log.info("evaluating the %s checkpoint %s", self.checkpoint_kind, self.checkpoint_path)
+        norm = ckpt.get("normalization")
+        ckpt_norm = {k: np.asarray(v) for k, v in norm.items()} if norm else None
+        norm_path = OmegaConf.select(c, "normalization_path", default=None)
+        self.normalization = load_normalization(norm_path) if norm_path and Path(norm_path).is_file() else ckpt_norm
+        self.env = make_env(c, self.logdir, ckpt_norm, self.seed)
+
+    def run(self) -> dict[str, float]:
+        """Roll out, write `<logdir>/eval_result.json`, log `eval/*`; returns the result."""
+        c = self.cfg
+        try:
+            result = run_episodes(
+                self.env,
+                self.policy,
+                act_steps=int(c.act_steps),
+                device=self.device,
+                n_steps=OmegaConf.select(c, "n_steps", default=None),
+                n_episodes=OmegaConf.select(c, "n_episodes", default=None),
+                max_episode_steps=OmegaConf.select(c, "env.max_episode_steps", default=None),
+                success_threshold=OmegaConf.select(c, "env.best_reward_threshold_for_success", default=None),
+                reset_options={"video_prefix": "eval"} if OmegaConf.select(c, "env.save_video") else None,
+            )
+        finally:
+            self.env.close()
+        result = {
+            **result,
+            "checkpoint": str(self.checkpoint_path),
+            "checkpoint_kind": self.checkpoint_kind,
+            "ft_denoising_steps": int(getattr(self.policy, "ft_denoising_steps", 0) or 0),
+        }
+        with open(self.logdir / "eval_result.json", "w") as f:
+            json.dump(result, f, indent=2)
+        self.logger.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}, step=0)
+        self.logger.close()
+        if result.get("n_episodes", 0) == 0:
+            log.warning("no episode finished; raise n_steps or set n_episodes")
+        return result

@@ -1,0 +1,537 @@
+"""What every fine-tuning loop shares: env, policy and base weights, episode bookkeeping, evaluation, checkpoints,
+resume, logging and the progress bar. Subclasses add how data is collected and learned from.
+
+    FinetuneAgent (this file)          env + policy + evaluation + checkpoint/resume + logging + run()
+      OnPolicyAgent (onpolicy.py)      rollout buffer, values, reward scaling, GAE; algorithm.update(buffer)
+        PPOAgent (ppo.py)              algorithm_class = PPO
+      a replay loop (later)            replay buffer, sampling; algorithm.update(batch)
+
+An `Algorithm` holds an update rule and the state it needs (critics, optimisers, schedulers) and nothing about
+environments. To add one, subclass the loop's algorithm base (e.g. `OnPolicyAlgorithm`), implement `from_config`
+and `update`, register optimisers/schedulers/modules in the dicts below so checkpoints and learning-rate logging
+pick them up, and add a two-line agent class naming it.
+
+Iterations and evaluation (a deliberate fix of reference quirk 2): `train.n_train_itr` counts training iterations
+only. Every `train.val_freq` iterations (and before the first and after the last) the loop runs an evaluation
+rollout with deterministic sampling; it does not consume a training iteration, does not step the learning-rate
+schedulers, and the envs are reset before and after it, so the next training rollout starts from fresh episodes
+rather than from the evaluation's states.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from agent.base import BaseAgent, load_normalization
+from agent.checkpoint import checkpoint_path, find_resume_checkpoint, load_checkpoint, save_checkpoint
+from agent.config import require
+from agent.errors import ConfigError, DataError
+from agent.finetune.loading import build_policy, find_checkpoint, load_policy_weights, pretrain_command
+from agent.schedulers import CosineWarmupRestarts
+from agent.utils import rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# algorithms
+
+
+class Algorithm(ABC):
+    """An update rule with its state: extra modules (critics), optimisers and learning-rate schedulers.
+
+    Subclasses fill `modules`, `optimizers` and `schedulers` so that checkpoints, resume and learning-rate logging
+    need no per-algorithm code.
+
+    Attributes:
+        policy: the policy being fine-tuned.
+        iteration: index of the training iteration in progress (set by the loop before `update`), for warm-ups.
+        model_keys: the `model.*` config keys that are the algorithm's, not the policy's (DPPO keeps both in the
+            `model` block); the loop removes them before instantiating the policy.
+    """
+
+    model_keys: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, policy: nn.Module) -> None:
+        self.policy = policy
+        self.iteration = 0
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, CosineWarmupRestarts] = {}
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg: DictConfig, policy: nn.Module, device: torch.device) -> Algorithm:
+        """Build the algorithm (and its critics, on `device`) from the experiment config."""
+
+    @classmethod  # noqa: B027 - an optional hook, empty by default
+    def validate_config(cls, cfg: DictConfig) -> None:
+        """Algorithm-specific config checks, run before any work; raise `ConfigError` with one clear line."""
+
+    @abstractmethod
+    def update(self, data: Any) -> dict[str, float]:
+        """Learn from `data` (a rollout buffer or a replay batch); return scalar diagnostics without prefixes."""
+
+    def end_iteration(self) -> None:
+        """Called once after each training iteration (not after evaluations): step the schedulers."""
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+
+    def learning_rates(self) -> dict[str, float]:
+        """Current learning rate per optimiser, as `<name>_lr`."""
+        return {f"{name}_lr": opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        parts = (("modules", self.modules), ("optimizers", self.optimizers), ("schedulers", self.schedulers))
+        for kind, target in parts:
+            saved = state.get(kind, {})
+            missing = sorted(set(target) - set(saved))
+            if missing:
+                raise DataError(f"checkpoint lacks the algorithm's {kind} {missing}; was it written by another one?")
+            for key, obj in target.items():
+                obj.load_state_dict(saved[key])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# episode bookkeeping and evaluation rollouts
+
+
+def obs_to_tensor(obs: Mapping[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
+    """Env observation dict of numpy arrays -> dict of tensors on `device` (dtypes kept: state float32, rgb uint8)."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in obs.items()}
+
+
+def actions_to_numpy(actions: Tensor, act_steps: int) -> np.ndarray:
+    """Policy chunk (E, Ta, Da) -> the executed part (E, Te, Da) as float32 numpy."""
+    return actions[:, :act_steps].detach().to("cpu", torch.float32).numpy()
+
+
+class EpisodeStats:
+    """Statistics of the episodes that finish while the envs are stepped.
+
+    Every episode that ends is counted, whenever it started (the reference counts only episodes that start and end
+    inside one iteration and drops one-chunk episodes; with long episodes and `reset_at_iteration: false` that
+    hides most of them). Returns and lengths come from the env's own episode counters (raw rewards).
+
+    Success: with `env.best_reward_threshold_for_success` set, the reference's rule: the best per-env-step reward
+    of any chunk in the episode (chunk reward / env steps executed) reaches the threshold (robomimic: a chunk with
+    every step successful). With it null, the env's own success flag (robomimic, kitchen, avoid set one).
+
+    Args:
+        n_envs: E.
+        success_threshold: see above, or None.
+    """
+
+    def __init__(self, n_envs: int, success_threshold: float | None = None) -> None:
+        self.n_envs = int(n_envs)
+        self.success_threshold = None if success_threshold is None else float(success_threshold)
+        self._best = np.full(self.n_envs, -np.inf)
+        self.episodes: list[tuple[int, float, int, bool]] = []  # (env index, return, length, success)
+        self.per_env = np.zeros(self.n_envs, dtype=np.int64)
+
+    def restart(self) -> None:
+        """Forget the episodes in progress (after the envs were reset)."""
+        self._best.fill(-np.inf)
+
+    def step(self, reward: np.ndarray, done: np.ndarray, info: Mapping[str, Any]) -> None:
+        """Record one vector-env step.
+
+        Args:
+            reward: (E,) chunk rewards.
+            done: (E,) bool, terminated | truncated.
+            info: the vector env's info (episode_return, episode_length, episode_success, chunk_steps).
+        """
+        steps = np.maximum(np.asarray(info.get("chunk_steps", 1)), 1)
+        np.maximum(self._best, np.asarray(reward, dtype=np.float64) / steps, out=self._best)
+        for i in np.flatnonzero(done):
+            if self.success_threshold is None:
+                success = bool(info["episode_success"][i])
+            else:
+                success = bool(self._best[i] >= self.success_threshold)
+            self.episodes.append((int(i), float(info["episode_return"][i]), int(info["episode_length"][i]), success))
+            self.per_env[i] += 1
+            self._best[i] = -np.inf
+
+    def summary(self, per_env_quota: int | None = None, max_episodes: int | None = None) -> dict[str, float]:
+        """Mean return, success rate, mean length and count of the recorded episodes, then clear them.
+
+        Args:
+            per_env_quota: count only each env's first `per_env_quota` episodes, and of those at most
+                `max_episodes`, taken round-robin over the envs (evaluation over a fixed number of episodes
+                without favouring short ones, as "first n to finish" would).
+            max_episodes: see above.
+        """
+        episodes = self.episodes
+        if per_env_quota is not None:
+            rank = np.zeros(self.n_envs, dtype=np.int64)
+            ranked = []
+            for ep in episodes:
+                if rank[ep[0]] < per_env_quota:
+                    ranked.append((int(rank[ep[0]]), ep[0], ep))
+                    rank[ep[0]] += 1
+            ranked.sort(key=lambda x: (x[0], x[1]))
+            episodes = [x[2] for x in ranked[:max_episodes]]
+        self.episodes = []
+        self.per_env[:] = 0
+        if not episodes:
+            return {"n_episodes": 0}
+        returns = np.array([e[1] for e in episodes])
+        return {
+            "episode_return": float(returns.mean()),
+            "episode_return_std": float(returns.std()),
+            "success_rate": float(np.mean([e[3] for e in episodes])),
+            "episode_length": float(np.mean([e[2] for e in episodes])),
+            "n_episodes": len(episodes),
+        }
+
+
+@torch.no_grad()
+def run_episodes(
+    env: Any,
+    policy: nn.Module,
+    *,
+    act_steps: int,
+    device: torch.device,
+    n_steps: int | None = None,
+    n_episodes: int | None = None,
+    max_episode_steps: int | None = None,
+    success_threshold: float | None = None,
+    deterministic: bool = True,
+    reset_options: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """Reset the envs and roll the policy out; return the statistics of the finished episodes.
+
+    Either `n_steps` chunks per env (all episodes that finish count), or, with `n_episodes`, until every env has
+    finished ceil(n_episodes / E) episodes (each env's first ones count, then the first `n_episodes` overall).
+
+    Args:
+        env: the vector env (INTERFACES contract).
+        policy: anything with `sample(cond, deterministic) -> Sample`.
+        act_steps: Te, executed steps per chunk.
+        device: where the policy lives.
+        n_steps: chunks per env (used when n_episodes is None).
+        n_episodes: number of episodes to report.
+        max_episode_steps: env steps per episode limit, for the safety cap on the `n_episodes` loop.
+        success_threshold: see `EpisodeStats`.
+        deterministic: evaluation-mode sampling.
+        reset_options: passed to `env.reset` (e.g. a video file prefix).
+
+    Returns:
+        `EpisodeStats.summary()` plus `env_steps` and `wall_s`.
+    """
+    start = time.perf_counter()
+    n_envs = env.num_envs
+    stats = EpisodeStats(n_envs, success_threshold)
+    quota = None
+    if n_episodes is not None:
+        quota = math.ceil(n_episodes / n_envs)
+        episode_chunks = math.ceil((max_episode_steps or 10_000) / act_steps) + 1
+        limit = quota * episode_chunks
+    else:
+        if n_steps is None:
+            raise ConfigError("evaluation needs n_steps or n_episodes")
+        limit = int(n_steps)
+    obs, _ = env.reset(options=dict(reset_options)) if reset_options else env.reset()
+    env_steps = 0
+    for _ in range(limit):
+        sample = policy.sample(obs_to_tensor(obs, device), deterministic=deterministic)
+        obs, reward, terminated, truncated, info = env.step(actions_to_numpy(sample.actions, act_steps))
+        stats.step(reward, terminated | truncated, info)
+        env_steps += int(np.sum(info.get("chunk_steps", act_steps)))
+        if quota is not None and bool((stats.per_env >= quota).all()):
+            break
+    if quota is not None and not bool((stats.per_env >= quota).all()):
+        log.warning(
+            "evaluation stopped after %d chunks with %d of %d episodes",
+            limit,
+            len(stats.episodes),
+            n_episodes,
+        )
+    result = stats.summary(per_env_quota=quota, max_episodes=n_episodes)
+    result["env_steps"] = env_steps
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# environment
+
+
+def env_config(cfg: DictConfig, logdir: Path, normalization: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+    """The `env` block as a plain dict, ready for `make_vec_env`.
+
+    * A task wrapper's `normalization_path` that does not exist falls back to the statistics carried by the
+      checkpoint (written to `<logdir>/normalization.npz`); if both exist and differ, a warning is logged.
+    * With `save_video` and no `video_dir`, videos go to `<logdir>/videos`.
+    """
+    env_cfg: dict[str, Any] = OmegaConf.to_container(cfg.env, resolve=True)  # type: ignore[assignment]
+    for name, kwargs in (env_cfg.get("wrappers") or {}).items():
+        path = (kwargs or {}).get("normalization_path")
+        if not path:
+            continue
+        if not Path(path).is_file():
+            if normalization is None:
+                raise DataError(
+                    f"env.wrappers.{name}.normalization_path={path} not found and the checkpoint carries no "
+                    "normalization; set normalization_path (it is written next to the dataset)"
+                )
+            out = logdir / "normalization.npz"
+            np.savez(out, **normalization)
+            kwargs["normalization_path"] = str(out)
+            log.warning("%s not found: using the normalization stored in the checkpoint (%s)", path, out)
+        elif normalization is not None:
+            with np.load(path) as f:
+                same = all(k in f.files and np.allclose(f[k], v) for k, v in normalization.items())
+            if not same:
+                log.warning("%s differs from the normalization the checkpoint was trained with", path)
+    if env_cfg.get("save_video") and not env_cfg.get("video_dir"):
+        env_cfg["video_dir"] = str(logdir / "videos")
+    return env_cfg
+
+
+def make_env(cfg: DictConfig, logdir: Path, normalization: Mapping[str, np.ndarray] | None, seed: int) -> Any:
+    """Build the vector env of `cfg.env` (env.factory.make_vec_env), turning env config errors into ConfigError."""
+    from env.factory import make_vec_env
+    from env.registry import EnvConfigError, MissingDependencyError
+
+    env_cfg = env_config(cfg, logdir, normalization)
+    meta = OmegaConf.select(cfg, "robomimic_env_cfg_path", default=None)
+    try:
+        return make_vec_env(env_cfg, seed=seed, env_meta_path=meta)
+    except (EnvConfigError, MissingDependencyError, FileNotFoundError) as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from exc
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the shared loop
+
+
+class FinetuneAgent(BaseAgent):
+    """Shared fine-tuning loop; subclasses implement `setup` and `train_iteration`.
+
+    Config keys read here: base_policy_path, normalization_path, act_steps, resume, env.* (n_envs,
+    best_reward_threshold_for_success, save_video, max_episode_steps), train.{n_train_itr, val_freq,
+    save_model_freq, force_train, eval_n_steps, eval_n_episodes, log_freq}.
+    """
+
+    algorithm_class: ClassVar[type[Algorithm]]
+
+    # ---------------------------------------------------------------- config checks
+    def validate(self, cfg: DictConfig) -> None:
+        get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
+        require(get("env") is not None and get("env.name"), "fine-tuning needs an `env` block with env.name")
+        require(get("act_steps") is not None, "act_steps (env steps executed per action chunk) must be set")
+        for key in ("train.n_train_itr", "train.n_steps", "train.save_model_freq", "env.n_envs"):
+            v = get(key)
+            require(isinstance(v, int) and v >= 1, f"{key} must be an integer >= 1, got {v!r}")
+        val_freq = get("train.val_freq")
+        require(
+            val_freq is None or (isinstance(val_freq, int) and val_freq >= 1),
+            f"train.val_freq must be an integer >= 1 or null, got {val_freq!r}",
+        )
+        resume = get("resume")
+        base = get("base_policy_path")
+        if base and not resume and find_checkpoint(base) is None:
+            raise ConfigError(
+                f"base_policy_path={base} has no checkpoint; pretrain first with `{pretrain_command(cfg)}` "
+                "or pass base_policy_path=<path to state_<N>.pt>"
+            )
+        self.algorithm_class.validate_config(cfg)
+
+    # ---------------------------------------------------------------- set-up
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        c = self.cfg
+        self.act_steps = int(c.act_steps)
+        self.n_envs = int(c.env.n_envs)
+        self.n_train_itr = int(c.train.n_train_itr)
+        self.resume_path = find_resume_checkpoint(OmegaConf.select(c, "resume", default=None), self.logdir)
+
+        self.policy: nn.Module = build_policy(c, self.algorithm_class.model_keys)
+        ckpt_norm = self._load_base_policy()
+        self.policy.to(self.device)
+        norm_path = OmegaConf.select(c, "normalization_path", default=None)
+        self.normalization = load_normalization(norm_path) if norm_path and Path(norm_path).is_file() else ckpt_norm
+        self.env = make_env(c, self.logdir, ckpt_norm, self.seed)
+        self.algorithm = self.algorithm_class.from_config(c, self.policy, self.device)
+        threshold = OmegaConf.select(c, "env.best_reward_threshold_for_success", default=None)
+        self.episodes = EpisodeStats(self.n_envs, threshold)
+        self.success_threshold = threshold
+        self.itr = 0
+        self.env_steps = 0
+        self.elapsed_s = 0.0
+        self._needs_reset = True
+        self._reset_seed: int | None = None
+        n_params = sum(p.numel() for p in self.algorithm.policy.parameters() if p.requires_grad)
+        log.info("policy %s: %d trainable parameters", type(self.policy).__name__, n_params)
+        self.setup()
+        if self.resume_path is not None:
+            self.load(self.resume_path)
+
+    def _load_base_policy(self) -> dict[str, np.ndarray] | None:
+        """Load `base_policy_path` into the policy (skipped when resuming); return its normalization stats."""
+        base = OmegaConf.select(self.cfg, "base_policy_path", default=None)
+        source = self.resume_path or (find_checkpoint(base) if base else None)
+        if source is None:
+            log.info("no base_policy_path: training from a freshly initialised policy")
+            return None
+        ckpt = load_checkpoint(source)
+        if self.resume_path is None:
+            kind = load_policy_weights(self.policy, ckpt, self.cfg, Path(source))
+            log.info("loaded %s weights from %s", "EMA" if kind == "pretrain" else "fine-tuned", source)
+        norm = ckpt.get("normalization")
+        return {k: np.asarray(v) for k, v in norm.items()} if norm else None
+
+    def setup(self) -> None:
+        """Build what the loop needs beyond env, policy and algorithm (buffers, scalers)."""
+
+    # ---------------------------------------------------------------- checkpoints
+    def extra_state(self) -> dict[str, Any]:
+        """Loop-specific state to checkpoint (e.g. the reward scaler)."""
+        return {}
+
+    def load_extra_state(self, ckpt: Mapping[str, Any]) -> None:
+        """Restore what `extra_state` saved."""
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "kind": "finetune",
+            "itr": self.itr,
+            "env_steps": self.env_steps,
+            "elapsed_s": self.elapsed_s,
+            "ft_denoising_steps": int(getattr(self.policy, "ft_denoising_steps", 0) or 0),
+            "model": self.policy.state_dict(),
+            "algorithm": self.algorithm.state_dict(),
+            **self.extra_state(),
+            "rng": rng_state(),
+            "config": OmegaConf.to_container(self.cfg),
+            "normalization": self.normalization,
+        }
+
+    def save(self) -> Path:
+        path = save_checkpoint(checkpoint_path(self.logdir, self.itr), self.state())
+        log.info("saved %s", path)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Resume: weights, algorithm (optimisers, schedulers, critics), loop state and RNG states."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if ckpt.get("kind") != "finetune":
+            raise DataError(f"resume={path} is not a fine-tuning checkpoint")
+        load_policy_weights(self.policy, ckpt, self.cfg, Path(path))
+        self.algorithm.load_state_dict(ckpt["algorithm"])
+        self.load_extra_state(ckpt)
+        set_rng_state(ckpt["rng"])
+        self.itr, self.env_steps = int(ckpt["itr"]), int(ckpt["env_steps"])
+        self.elapsed_s = float(ckpt.get("elapsed_s", 0.0))
+        # Envs cannot be checkpointed: start fresh episodes, seeded apart from the original run's first reset.
+        self._needs_reset = True
+        self._reset_seed = self.seed + 7919 * self.itr
+        log.info("resumed from %s at iteration %d (%d env steps)", path, self.itr, self.env_steps)
+
+    # ---------------------------------------------------------------- env handling
+    def reset_envs(self) -> dict[str, np.ndarray]:
+        """Reset every env and the episode bookkeeping; returns the first observations."""
+        if self._reset_seed is not None:
+            obs, _ = self.env.reset(seed=self._reset_seed)
+            self._reset_seed = None
+        else:
+            obs, _ = self.env.reset()
+        self.episodes.restart()
+        self._needs_reset = False
+        return obs
+
+    # ---------------------------------------------------------------- hooks
+    def evaluate(self) -> dict[str, float]:
+        """Deterministic evaluation rollout on the training envs (reset before and after)."""
+        c = self.cfg
+        n_steps = OmegaConf.select(c, "train.eval_n_steps", default=None) or int(c.train.n_steps)
+        n_episodes = OmegaConf.select(c, "train.eval_n_episodes", default=None)
+        options = {"video_prefix": f"eval_itr{self.itr:05d}"} if OmegaConf.select(c, "env.save_video") else None
+        if self._reset_seed is not None:
+            self.env.reset(seed=self._reset_seed)
+            self._reset_seed = None
+        self.policy.eval()
+        result = run_episodes(
+            self.env,
+            self.policy,
+            act_steps=self.act_steps,
+            device=self.device,
+            n_steps=n_steps,
+            n_episodes=n_episodes,
+            max_episode_steps=OmegaConf.select(c, "env.max_episode_steps", default=None),
+            success_threshold=self.success_threshold,
+            reset_options=options,
+        )
+        self._needs_reset = True
+        return result
+
+    def should_evaluate(self) -> bool:
+        val_freq = OmegaConf.select(self.cfg, "train.val_freq", default=None)
+        if not val_freq or OmegaConf.select(self.cfg, "train.force_train", default=False):
+            return False
+        return self.itr % int(val_freq) == 0 or self.itr == self.n_train_itr
+
+    @abstractmethod
+    def train_iteration(self) -> dict[str, float]:
+        """One training iteration (collect + update); returns metrics without the `train/` prefix."""
+
+    # ---------------------------------------------------------------- main loop
+    def run(self) -> None:
+        c = self.cfg
+        save_freq = int(c.train.save_model_freq)
+        log_freq = int(OmegaConf.select(c, "train.log_freq", default=1) or 1)
+        bar = tqdm(total=self.n_train_itr, initial=self.itr, desc="finetune", dynamic_ncols=True)
+        last_eval_itr = -1
+        try:
+            while self.itr < self.n_train_itr:
+                if self.should_evaluate():
+                    self._log_eval()
+                    last_eval_itr = self.itr
+                start = time.perf_counter()
+                self.algorithm.iteration = self.itr
+                metrics = self.train_iteration()
+                self.algorithm.end_iteration()
+                self.itr += 1
+                iter_s = time.perf_counter() - start
+                self.elapsed_s += iter_s
+                row = {f"train/{k}": v for k, v in metrics.items()}
+                row.update({f"train/{k}": v for k, v in self.algorithm.learning_rates().items()})
+                row["train/env_steps"] = self.env_steps
+                row["time/iteration_s"] = iter_s
+                row["time/elapsed_s"] = self.elapsed_s
+                self.logger.log(row, step=self.itr, console=(self.itr % log_freq == 0))
+                bar.update(1)
+                if "episode_return" in metrics:
+                    bar.set_postfix(ret=f"{metrics['episode_return']:.3g}", sr=f"{metrics.get('success_rate', 0):.2f}")
+                if self.itr % save_freq == 0 or self.itr == self.n_train_itr:
+                    self.save()
+            if self.should_evaluate() and last_eval_itr != self.itr:
+                self._log_eval()
+        finally:
+            bar.close()
+            self.env.close()
+            self.logger.close()
+
+    def _log_eval(self) -> None:
+        result = self.evaluate()
+        self.logger.log({f"eval/{k}": v for k, v in result.items()}, step=self.itr)

@@ -1,0 +1,462 @@
+"""PPO over the denoising chain (DPPO, reference 2.1-2.8 and 3.1), also plain PPO for Gaussian/GMM policies.
+
+A row of a minibatch is one (env step n, denoising step k) pair: the transition chain[n, k] -> chain[n, k+1]
+scored under the fine-tuned network. Gaussian and GMM policies have a chain of length one (k = 0, the action),
+so the same code is PPO for them (reference 4.4).
+
+Loss per minibatch (reference 2.4):
+
+    l_new, l_old   element-wise log-probs, clamped to [-5, 2], first `reward_horizon` action steps, mean -> (B,)
+    A              advantages, normalised with minibatch statistics (norm_adv), optionally quantile-clipped,
+                   times the denoising discount gamma_d^(K' - k - 1)
+    r              exp(l_new - l_old)
+    eps_k          eps_base + (eps - eps_base) (exp(rho u) - 1) / (exp(rho) - 1),  u = k / (K' - 1)
+    pg_loss        mean max(-A r, -A clip(r, 1 - eps_k, 1 + eps_k))
+    v_loss         0.5 mean (V - R)^2, or the clipped form with clip_vloss_coef
+    loss           pg_loss + ent_coef * (-entropy) + vf_coef * v_loss + bc_loss_coeff * bc_loss
+
+Deliberate differences from the reference:
+
+* K' = 1 (quirk 1): u = 0/0 gave a NaN loss; here u = 1, i.e. the single fine-tuned step is the final one and
+  gets eps = clip_ploss_coef (which is also what the reference's Gaussian PPO uses).
+* The denoising discounts and clip coefficients are gathered from (K',) tables by k (no Python loop).
+* Old log-probs are stored per transition already reduced to the scalar the loss uses (mathematically identical).
+* During the critic warm-up (`n_critic_warmup_itr`) the actor is not updated, so its loss is not computed either
+  (the reference computes and discards it); the KL early stop only applies once the actor trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from agent.config import instantiate, require
+from agent.finetune.buffer import RolloutBuffer
+from agent.finetune.onpolicy import OnPolicyAgent, OnPolicyAlgorithm
+from agent.pretrain import make_adamw
+from agent.schedulers import CosineWarmupRestarts
+
+log = logging.getLogger(__name__)
+
+LOGPROB_MIN, LOGPROB_MAX = -5.0, 2.0
+
+
+def clip_coefficients(n_steps: int, clip: float, clip_base: float, rate: float) -> Tensor:
+    """Per-denoising-step PPO clip coefficients eps_k, k = 0 (noisiest fine-tuned step) .. K'-1 (final step).
+
+    eps_k = eps_base + (eps - eps_base) * (exp(rate * u_k) - 1) / (exp(rate) - 1), u_k = k / (K' - 1).
+    With K' = 1, u = 1 (fix of reference quirk 1, which gave NaN); with rate = 0 the limit, a linear ramp.
+
+    Returns:
+        (K',) float32.
+    """
+    if n_steps == 1:
+        u = torch.ones(1, dtype=torch.float64)
+    else:
+        u = torch.arange(n_steps, dtype=torch.float64) / (n_steps - 1)
+    shape = u if rate == 0 else torch.expm1(rate * u) / math.expm1(rate)
+    return (clip_base + (clip - clip_base) * shape).float()
+
+
+def denoising_discounts(n_steps: int, gamma_denoising: float) -> Tensor:
+    """gamma_d^(K' - k - 1) for k = 0 .. K'-1: the final denoising step gets 1. Returns (K',) float32."""
+    exponents = torch.arange(n_steps - 1, -1, -1, dtype=torch.float64)
+    return (gamma_denoising**exponents).float()
+
+
+def reduce_log_prob(log_prob: Tensor, horizon: int) -> Tensor:
+    """Element-wise log-probs (..., Ta, Da) -> clamp to [-5, 2], keep the first `horizon` steps, mean -> (...)."""
+    return log_prob.clamp(LOGPROB_MIN, LOGPROB_MAX)[..., :horizon, :].mean(dim=(-2, -1))
+
+
+class Minibatch(NamedTuple):
+    """B rows of (env step, denoising step) pairs.
+
+    Attributes:
+        cond: observation dict, each (B, ...).
+        chains: (B, K'+1, Ta, Da) the rows' whole chains.
+        step: (B,) long, the denoising step k of each row.
+        returns: (B,) GAE returns.
+        old_values: (B,) V(s) before the update.
+        advantages: (B,) raw GAE advantages.
+        old_log_probs: (B,) reduced old log-probs of transition k.
+        critic_cond: the distinct observations among the rows (U <= B), or None when every row's is distinct.
+        critic_index: (B,) long, row b's observation is `critic_cond[critic_index[b]]` (None with critic_cond).
+    """
+
+    cond: dict[str, Tensor]
+    chains: Tensor
+    step: Tensor
+    returns: Tensor
+    old_values: Tensor
+    advantages: Tensor
+    old_log_probs: Tensor
+    critic_cond: dict[str, Tensor] | None = None
+    critic_index: Tensor | None = None
+
+
+def _scheduler_cfg(node: Any, lr: float) -> dict[str, Any]:
+    if node is None:  # constant lr
+        return {"first_cycle_steps": 1, "warmup_steps": 0, "min_lr": lr}
+    return dict(node)
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyper-parameters, under DPPO's config names (train.* unless noted model.*)."""
+
+    batch_size: int = 50000
+    update_epochs: int = 5
+    logprob_batch_size: int = 10000
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    target_kl: float | None = 1.0
+    max_grad_norm: float | None = None
+    n_critic_warmup_itr: int = 0
+    use_bc_loss: bool = False
+    bc_loss_coeff: float = 0.0
+    actor_lr: float = 1e-4
+    actor_weight_decay: float = 0.0
+    actor_lr_scheduler: dict[str, Any] | None = None
+    critic_lr: float = 1e-3
+    critic_weight_decay: float = 0.0
+    critic_lr_scheduler: dict[str, Any] | None = None
+    eta_lr: float = 1e-4
+    eta_weight_decay: float = 0.0
+    eta_lr_scheduler: dict[str, Any] | None = None
+    eta_update_interval: int = 1
+    # model.*
+    gamma_denoising: float = 0.99
+    clip_ploss_coef: float = 0.01
+    clip_ploss_coef_base: float = 1e-3
+    clip_ploss_coef_rate: float = 3.0
+    clip_vloss_coef: float | None = None
+    clip_advantage_lower_quantile: float = 0.0
+    clip_advantage_upper_quantile: float = 1.0
+    norm_adv: bool = True
+    # top level
+    reward_horizon: int = 4
+
+    TRAIN_KEYS = (
+        "batch_size", "update_epochs", "logprob_batch_size", "vf_coef", "ent_coef", "target_kl", "max_grad_norm",
+        "n_critic_warmup_itr", "use_bc_loss", "bc_loss_coeff", "actor_lr", "actor_weight_decay",
+        "actor_lr_scheduler", "critic_lr", "critic_weight_decay", "critic_lr_scheduler", "eta_lr",
+        "eta_weight_decay", "eta_lr_scheduler", "eta_update_interval",
+    )  # fmt: skip
+    MODEL_KEYS = (
+        "gamma_denoising", "clip_ploss_coef", "clip_ploss_coef_base", "clip_ploss_coef_rate", "clip_vloss_coef",
+        "clip_advantage_lower_quantile", "clip_advantage_upper_quantile", "norm_adv",
+    )  # fmt: skip
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> PPOConfig:
+        """Read the PPO keys from `train.*` and `model.*` (an explicit null, e.g. `target_kl: null`, turns a feature
+        off) and `reward_horizon` (default: act_steps)."""
+        kwargs: dict[str, Any] = {}
+        for section, keys in (("train", cls.TRAIN_KEYS), ("model", cls.MODEL_KEYS)):
+            node = cfg.get(section)
+            for key in keys if node is not None else ():
+                if key in node:
+                    value = node[key]
+                    kwargs[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        kwargs["reward_horizon"] = int(OmegaConf.select(cfg, "reward_horizon", default=None) or cfg.act_steps)
+        return cls(**kwargs)
+
+
+class PPO(OnPolicyAlgorithm):
+    """PPO over (env step x denoising step) pairs; see the module docstring for the loss.
+
+    Args:
+        policy: a policy with `chain_log_prob`, `trainable_parameters`, `n_chain_steps` (diffusion, Gaussian, GMM).
+        critic: V(s) module `cond -> (B,)`.
+        config: hyper-parameters.
+    """
+
+    model_keys = frozenset({"critic", *PPOConfig.MODEL_KEYS})
+
+    def __init__(self, policy: nn.Module, critic: nn.Module, config: PPOConfig) -> None:
+        super().__init__(policy)
+        self.critic = critic
+        self.cfg = config
+        self.n_chain_steps = int(policy.n_chain_steps)
+        device = next(critic.parameters()).device
+        self.clip_coefs = clip_coefficients(
+            self.n_chain_steps,
+            config.clip_ploss_coef,
+            config.clip_ploss_coef_base,
+            config.clip_ploss_coef_rate,
+        ).to(device)
+        self.discounts = denoising_discounts(self.n_chain_steps, config.gamma_denoising).to(device)
+
+        eta = getattr(policy, "eta", None)
+        self.eta_params = list(eta.parameters()) if getattr(policy, "learn_eta", False) and eta is not None else []
+        eta_ids = {id(p) for p in self.eta_params}
+        self.actor_params = [p for p in policy.trainable_parameters() if id(p) not in eta_ids]
+        c = config
+        self.modules["critic"] = critic
+        self.optimizers["actor"] = make_adamw(self.actor_params, c.actor_lr, c.actor_weight_decay)
+        self.optimizers["critic"] = make_adamw(critic.parameters(), c.critic_lr, c.critic_weight_decay)
+        self.schedulers["actor"] = CosineWarmupRestarts(
+            self.optimizers["actor"], **_scheduler_cfg(c.actor_lr_scheduler, c.actor_lr), max_lr=c.actor_lr
+        )
+        self.schedulers["critic"] = CosineWarmupRestarts(
+            self.optimizers["critic"],
+            **_scheduler_cfg(c.critic_lr_scheduler, c.critic_lr),
+            max_lr=c.critic_lr,
+        )
+        if self.eta_params:
+            self.optimizers["eta"] = make_adamw(self.eta_params, c.eta_lr, c.eta_weight_decay)
+            self.schedulers["eta"] = CosineWarmupRestarts(
+                self.optimizers["eta"], **_scheduler_cfg(c.eta_lr_scheduler, c.eta_lr), max_lr=c.eta_lr
+            )
+        # The BC regulariser samples chains from the pretrained policy: diffusion keeps it as the frozen `network`
+        # (sample(use_base_policy=True)); Gaussian/GMM get a frozen copy, checkpointed with the algorithm.
+        self._sample_uses_base = "use_base_policy" in inspect.signature(policy.sample).parameters
+        if c.use_bc_loss and not self._sample_uses_base:
+            self.modules["bc_reference"] = copy.deepcopy(policy).requires_grad_(False).eval()
+
+    # ---------------------------------------------------------------- construction from the config
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> None:
+        get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
+        require(get("model.critic") is not None, "PPO needs a critic: set model.critic (e.g. CriticObs)")
+        k = get("model.ft_denoising_steps", 1)
+        require(
+            isinstance(k, int) and k >= 1,
+            f"ft_denoising_steps={k}: PPO fine-tuning needs at least one fine-tuned denoising step",
+        )
+        rows = int(get("train.n_steps")) * int(get("env.n_envs")) * k
+        bs = get("train.batch_size", 50000)
+        require(isinstance(bs, int) and bs >= 1, f"train.batch_size must be an integer >= 1, got {bs!r}")
+        require(
+            bs <= rows,
+            f"train.batch_size={bs} is larger than one rollout's n_steps * n_envs * ft_denoising_steps = {rows} "
+            "(env step x denoising step) rows; lower train.batch_size or raise train.n_steps / env.n_envs",
+        )
+        require(
+            bs >= 2 or not get("model.norm_adv", True),
+            "train.batch_size must be >= 2 to normalise advantages",
+        )
+        epochs = get("train.update_epochs", 5)
+        require(isinstance(epochs, int) and epochs >= 1, f"train.update_epochs must be >= 1, got {epochs!r}")
+        horizon = get("reward_horizon", None) or get("act_steps")
+        require(
+            1 <= horizon <= get("horizon_steps"),
+            f"reward_horizon={horizon} must be in [1, horizon_steps={get('horizon_steps')}]",
+        )
+        for key in ("model.clip_ploss_coef", "model.clip_ploss_coef_base"):
+            v = get(key)
+            require(v is None or v > 0, f"{key} must be > 0, got {v}")
+        kl = get("train.target_kl")
+        require(kl is None or kl > 0, f"train.target_kl must be > 0 or null, got {kl}")
+        lo, hi = (
+            get("model.clip_advantage_lower_quantile", 0.0),
+            get("model.clip_advantage_upper_quantile", 1.0),
+        )
+        require(0.0 <= lo < hi <= 1.0, f"advantage quantiles must satisfy 0 <= lower < upper <= 1, got {lo}, {hi}")
+        warm = get("train.n_critic_warmup_itr", 0)
+        require(isinstance(warm, int) and warm >= 0, f"train.n_critic_warmup_itr must be >= 0, got {warm!r}")
+        for name in ("actor", "critic", "eta"):
+            sched = get(f"train.{name}_lr_scheduler")
+            if sched is None:
+                continue
+            cycle, warm = sched.get("first_cycle_steps", 1), sched.get("warmup_steps", 0)
+            require(
+                isinstance(cycle, int) and cycle >= 1 and isinstance(warm, int) and 0 <= warm < cycle,
+                f"train.{name}_lr_scheduler: warmup_steps={warm} must be in [0, first_cycle_steps={cycle})",
+            )
+        if get("train.use_bc_loss", False):
+            require(get("train.bc_loss_coeff", 0) > 0, "train.use_bc_loss needs train.bc_loss_coeff > 0")
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, policy: nn.Module, device: torch.device) -> PPO:
+        critic = instantiate(cfg.model.critic, "model.critic").to(device)
+        return cls(policy, critic, PPOConfig.from_cfg(cfg))
+
+    # ---------------------------------------------------------------- the loss
+    def policy_log_prob(self, mb: Minibatch) -> Tensor:
+        """Reduced log-prob (B,) of each row's transition under the current parameters."""
+        lp = self.policy.chain_log_prob(mb.cond, mb.chains, mb.step)
+        return reduce_log_prob(lp, self.cfg.reward_horizon)
+
+    def bc_loss(self, cond: dict[str, Tensor]) -> Tensor:
+        """-mean log-prob of chains sampled from the pretrained policy, under the fine-tuned one (reference 2.4.14)."""
+        with torch.no_grad():
+            if self._sample_uses_base:
+                chain = self.policy.sample(cond, deterministic=False, return_chain=True, use_base_policy=True).chain
+            else:
+                chain = self.modules["bc_reference"].sample(cond, deterministic=False, return_chain=True).chain
+        lp = self.policy.chain_log_prob(cond, chain).clamp(LOGPROB_MIN, LOGPROB_MAX)  # (B, K', Ta, Da)
+        return -lp.mean()
+
+    def loss(self, mb: Minibatch, train_actor: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss of a minibatch and detached diagnostics (pg_loss, v_loss, approx_kl, clip_frac, ratio, ...)."""
+        c = self.cfg
+        info: dict[str, Tensor] = {}
+        if mb.critic_index is not None:
+            # V(s) once per distinct state, gathered per row: the same values and gradients as one critic pass per
+            # row (the reference's), with about half the critic work when K' = 10.
+            values = self.critic(mb.critic_cond)[mb.critic_index]
+        else:
+            values = self.critic(mb.cond)
+        if c.clip_vloss_coef is not None:
+            clipped = mb.old_values + (values - mb.old_values).clamp(-c.clip_vloss_coef, c.clip_vloss_coef)
+            v_loss = 0.5 * torch.maximum((values - mb.returns) ** 2, (clipped - mb.returns) ** 2).mean()
+        else:
+            v_loss = 0.5 * ((values - mb.returns) ** 2).mean()
+        total = c.vf_coef * v_loss
+        info["v_loss"] = v_loss.detach()
+        if not train_actor:
+            return total, info
+
+        log_prob = self.policy_log_prob(mb)
+        adv = mb.advantages
+        if c.norm_adv:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        if c.clip_advantage_lower_quantile > 0 or c.clip_advantage_upper_quantile < 1:
+            lo = torch.quantile(adv, c.clip_advantage_lower_quantile)
+            hi = torch.quantile(adv, c.clip_advantage_upper_quantile)
+            adv = adv.clamp(lo, hi)
+        adv = adv * self.discounts[mb.step]
+        log_ratio = log_prob - mb.old_log_probs
+        ratio = log_ratio.exp()
+        eps = self.clip_coefs[mb.step]
+        pg_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - eps, 1.0 + eps)).mean()
+        total = total + pg_loss
+        if c.ent_coef != 0.0:
+            entropy = self.policy.entropy(mb.cond) if hasattr(self.policy, "entropy") else None
+            if entropy is not None:
+                total = total - c.ent_coef * entropy.mean()
+                info["entropy"] = entropy.mean().detach()
+        if c.use_bc_loss:
+            bc = self.bc_loss(mb.cond)
+            total = total + c.bc_loss_coeff * bc
+            info["bc_loss"] = bc.detach()
+        with torch.no_grad():
+            info["pg_loss"] = pg_loss.detach()
+            info["approx_kl"] = ((ratio - 1.0) - log_ratio).mean()
+            info["clip_frac"] = ((ratio - 1.0).abs() > eps).float().mean()
+            info["ratio"] = ratio.mean()
+        return total, info
+
+    # ---------------------------------------------------------------- the update
+    @torch.no_grad()
+    def old_log_probs(self, buffer: RolloutBuffer, batch_rows: int) -> Tensor:
+        """Reduced log-probs (S * E, K') of every stored transition under the current policy; also stored in the
+        buffer. Runs all K' transitions of `batch_rows` env steps per network call."""
+        obs, chains = buffer.flat_obs(), buffer.chains.view(buffer.n_rows, *buffer.chains.shape[2:])
+        out = buffer.log_probs.view(buffer.n_rows, -1)
+        for lo in range(0, buffer.n_rows, batch_rows):
+            hi = min(lo + batch_rows, buffer.n_rows)
+            lp = self.policy.chain_log_prob({k: v[lo:hi] for k, v in obs.items()}, chains[lo:hi])
+            out[lo:hi] = reduce_log_prob(lp, self.cfg.reward_horizon)
+        return out
+
+    def minibatches(self, buffer: RolloutBuffer, old_log_probs: Tensor) -> Any:
+        """Yield the epoch's minibatches over the N = S * E * K' (env step, denoising step) pairs.
+
+        A fresh permutation per epoch; max(1, N // batch_size) minibatches, the remainder dropped (reference).
+        """
+        k_steps = self.n_chain_steps
+        n_total = buffer.n_rows * k_steps
+        bs = min(self.cfg.batch_size, n_total)
+        obs = buffer.flat_obs()
+        chains = buffer.chains.view(buffer.n_rows, *buffer.chains.shape[2:])
+        adv, ret, val = buffer.advantages.view(-1), buffer.returns.view(-1), buffer.values.view(-1)
+        perm = torch.randperm(n_total, device=chains.device)
+        for b in range(max(1, n_total // bs)):
+            idx = perm[b * bs : (b + 1) * bs]
+            n = torch.div(idx, k_steps, rounding_mode="floor")
+            k = idx - n * k_steps
+            critic_cond, critic_index = None, None
+            if k_steps > 1:
+                unique_n, critic_index = torch.unique(n, return_inverse=True)
+                critic_cond = {key: v[unique_n] for key, v in obs.items()}
+            yield Minibatch(
+                critic_cond=critic_cond,
+                critic_index=critic_index,
+                cond={key: v[n] for key, v in obs.items()},
+                chains=chains[n],
+                step=k,
+                returns=ret[n],
+                old_values=val[n],
+                advantages=adv[n],
+                old_log_probs=old_log_probs[n, k],
+            )
+
+    def update(self, buffer: RolloutBuffer) -> dict[str, float]:
+        """PPO epochs over the rollout (reference 2.5.5.4); returns mean diagnostics."""
+        c = self.cfg
+        train_actor = self.iteration >= c.n_critic_warmup_itr
+        # The old log-probs only enter the actor's loss: skip their pass during the critic warm-up.
+        old_lp = buffer.log_probs.view(buffer.n_rows, -1)
+        if train_actor:
+            old_lp = self.old_log_probs(buffer, c.logprob_batch_size)
+        actor_opt, critic_opt = self.optimizers["actor"], self.optimizers["critic"]
+        eta_opt = self.optimizers.get("eta")
+        sums: dict[str, Tensor] = {}
+        n_batches = 0
+        stopped_early = False
+        for _epoch in range(c.update_epochs):
+            for mb in self.minibatches(buffer, old_lp):
+                loss, info = self.loss(mb, train_actor)
+                for opt in self.optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if train_actor:
+                    if c.max_grad_norm is not None:
+                        info["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.actor_params, c.max_grad_norm)
+                    actor_opt.step()
+                    if eta_opt is not None and n_batches % c.eta_update_interval == 0:
+                        eta_opt.step()
+                critic_opt.step()
+                n_batches += 1
+                for key, value in info.items():
+                    sums[key] = sums.get(key, 0.0) + value.detach()
+                if train_actor and c.target_kl is not None and float(info["approx_kl"]) > c.target_kl:
+                    stopped_early = True
+                    break
+            if stopped_early:
+                break
+        out = {key: float(v) / n_batches for key, v in sums.items()}
+        out["n_minibatches"] = n_batches
+        out["kl_stop"] = float(stopped_early)
+        returns, values = buffer.returns.view(-1), buffer.values.view(-1)
+        var_r = returns.var()
+        out["explained_variance"] = float("nan") if var_r == 0 else float(1.0 - (returns - values).var() / var_r)
+        out["advantage_mean"] = float(buffer.advantages.mean())
+        out["value_mean"] = float(values.mean())
+        return out
+
+    def end_iteration(self) -> None:
+        """Critic scheduler every iteration; actor (and eta) only once the critic warm-up is over (reference)."""
+        self.schedulers["critic"].step()
+        if self.iteration >= self.cfg.n_critic_warmup_itr:
+            self.schedulers["actor"].step()
+            if "eta" in self.schedulers:
+                self.schedulers["eta"].step()
+
+
+class PPOAgent(OnPolicyAgent):
+    """Fine-tune a diffusion (DPPO), Gaussian or GMM policy with PPO. Config: cfg/*/finetune/*/ft_ppo_*.yaml."""
+
+    algorithm_class = PPO
+
+
+__all__ = [
+    "PPO",
+    "PPOAgent",
+    "PPOConfig",
+    "Minibatch",
+    "clip_coefficients",
+    "denoising_discounts",
+    "reduce_log_prob",
+]

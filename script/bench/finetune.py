@@ -1,0 +1,277 @@
+"""DPPO fine-tuning throughput on the hopper shapes (40 envs, K=20, K'=10, MLP 512x3) with the real config and agent.
+
+    python script/bench/finetune.py [--device cpu] [--threads 1] [--steps 50] [--full] [--emulate-reference]
+
+Measures, with the real `cfg/gym/finetune/hopper-v2/ft_ppo_diffusion_mlp` config, `PPOAgent` and hopper vector env
+(from a generated, untrained base checkpoint: throughput does not depend on the weights):
+
+* raw vector-env steps/s (40 sync envs, 4 steps per chunk, random actions) and rollout env steps/s (sampling with
+  chains + env + buffer writes, `PPOAgent.collect`);
+* policy chunk queries/s: `sample(40 conditions, return_chain=True)`;
+* the old-log-prob pass and the PPO update in (env step x denoising step) rows/s: forward + backward + AdamW steps
+  on minibatches of `--batch` rows (50,000, the paper's);
+* one full iteration at the paper's settings (500 steps per env, 200,000 rows, 5 epochs = 20 minibatches):
+  extrapolated from the measured rates, or measured with `--full`;
+* with `--emulate-reference`, the same three measurements with the reference's known extra work (Appendix C: the
+  frozen net also run on fine-tuned steps, two actor passes per scored row, a critic pass per row, a Python loop
+  over the minibatch) added on top of this code, for a same-machine comparison when the reference's figures come
+  from another (or an idle) machine.
+
+Reference figures (DPPO on a 2-core CPU, torch 2.13): ~3.0k chunks/s sampling, ~22k rows/s update, ~73k rows/s
+old-log-prob pass, about a minute per hopper iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from agent.checkpoint import save_checkpoint  # noqa: E402
+from agent.config import CFG_ROOT, compose, instantiate  # noqa: E402
+
+FT_DIR, FT_NAME = CFG_ROOT / "gym/finetune/hopper-v2", "ft_ppo_diffusion_mlp"
+PRE_DIR, PRE_NAME = CFG_ROOT / "gym/pretrain/hopper-medium-v2", "pre_diffusion_mlp"
+REFERENCE = {"chunks": 3000.0, "update": 22000.0, "logprob": 73000.0, "iteration_s": 60.0}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Clock:
+    """Wall-clock and process CPU seconds of a block. On a CPU shared with other jobs, CPU seconds of a
+    single-threaded run approximate the wall time the same work takes on an idle core."""
+
+    def __enter__(self) -> Clock:
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall0, time.process_time() - self.cpu0
+
+
+def timed(fn, repeats: int, device: torch.device) -> tuple[float, float]:
+    """Median (wall, cpu) seconds of `fn()` over `repeats` runs after one warm-up run."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        sync(device)
+        with Clock() as c:
+            fn()
+            sync(device)
+        walls.append(c.wall)
+        cpus.append(c.cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def write_base_checkpoint(folder: Path) -> Path:
+    pre = compose(PRE_DIR, PRE_NAME, ["wandb=null"])
+    OmegaConf.resolve(pre)
+    sd = instantiate(pre.model, "model").state_dict()
+    ones = np.ones
+    norm = {"obs_min": -ones(11), "obs_max": ones(11), "action_min": -ones(3), "action_max": ones(3)}
+    payload = {"kind": "pretrain", "model": sd, "ema": sd, "config": OmegaConf.to_container(pre), "normalization": norm}
+    return save_checkpoint(folder / "checkpoint" / "state_1.pt", payload)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--steps", type=int, default=50, help="rollout steps per env for the rollout measurement")
+    parser.add_argument("--batch", type=int, default=50000, help="rows per PPO minibatch")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--full", action="store_true", help="also run one full paper-size iteration")
+    parser.add_argument(
+        "--emulate-reference", action="store_true", help="also time the reference's extra work, emulated here"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.disable(logging.INFO)
+    from agent.finetune.ppo import PPOAgent
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = write_base_checkpoint(Path(tmp) / "pre")
+        rows_needed = -(-args.batch // (40 * 10))  # steps per env so that one rollout holds a full minibatch
+        overrides = [
+            f"device={args.device}",
+            "wandb=null",
+            f"log_dir={tmp}/log",
+            f"base_policy_path={base}",
+            f"train.n_steps={max(args.steps, rows_needed)}",
+            f"train.batch_size={args.batch}",
+        ]
+        agent = PPOAgent(compose(FT_DIR, FT_NAME, overrides))
+        device, env, policy, ppo = agent.device, agent.env, agent.policy, agent.algorithm
+        n_envs, te = agent.n_envs, agent.act_steps
+
+        # machine calibration: float32 matmul throughput now (the CPU may be shared with other jobs)
+        a, w = torch.randn(20000, 512, device=device), torch.randn(512, 512, device=device)
+        t_mm = timed(lambda: a @ w, 5, device)
+        gflops = tuple(2 * 20000 * 512 * 512 / t / 1e9 for t in t_mm)
+
+        # raw vector env
+        env.reset(seed=0)
+        rng = np.random.default_rng(0)
+        actions = rng.uniform(-1, 1, (200, n_envs, te, 3)).astype(np.float32)
+        raw_steps = 0
+        with Clock() as c:
+            for a in actions:
+                _, _, _, _, info = env.step(a)
+                raw_steps += int(info["chunk_steps"].sum())
+        raw_rate = (raw_steps / c.wall, raw_steps / c.cpu)
+
+        # policy chunk queries (40 conditions, with chains, no grad)
+        cond = {"state": torch.rand(n_envs, 1, 11, device=device) * 2 - 1}
+        with torch.no_grad():
+            t_sample = timed(lambda: policy.sample(cond, return_chain=True), 20, device)
+        chunk_rate = tuple(n_envs / t for t in t_sample)
+
+        # rollout through the agent (sampling + env + buffer)
+        agent.n_steps = args.steps
+        with Clock() as c:
+            timing = agent.collect()
+        rollout_rate = (timing["rollout_env_steps"] / c.wall, timing["rollout_env_steps"] / c.cpu)
+        agent.n_steps = agent.buffer.n_steps
+        agent.collect()
+        agent.compute_values()
+        agent.buffer.compute_advantages(agent.gamma, agent.gae_lambda, agent.scaled_rewards())
+        buf = agent.buffer
+        pairs = buf.n_rows * policy.n_chain_steps
+
+        # old-log-prob pass
+        t_lp = timed(lambda: ppo.old_log_probs(buf, ppo.cfg.logprob_batch_size), args.repeats, device)
+        logprob_rate = tuple(pairs / t for t in t_lp)
+        old = buf.log_probs.view(buf.n_rows, -1)
+
+        # update minibatches: forward + backward + AdamW (actor and critic)
+        policy.train()
+
+        def one_minibatch() -> None:
+            mb = next(ppo.minibatches(buf, old))
+            loss, _ = ppo.loss(mb)
+            for opt in ppo.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            ppo.optimizers["actor"].step()
+            ppo.optimizers["critic"].step()
+
+        t_mb = timed(one_minibatch, args.repeats, device)
+        update_rate = tuple(args.batch / t for t in t_mb)
+
+        # Same-machine comparison with the reference's known non-mathematical costs (reference Appendix C),
+        # emulated on top of this repo's code: sampling runs the frozen net as well on the K' fine-tuned steps
+        # (30 passes instead of 20); scoring runs the frozen net too (two actor passes per row); the update also
+        # evaluates the critic once per row and builds the denoising discounts with a Python loop over the rows.
+        emulated = None
+        if args.emulate_reference:
+            net, k_ft = policy.network, policy.n_chain_steps
+
+            def ref_sample() -> None:
+                policy.sample(cond, return_chain=True)
+                x, t = torch.zeros(n_envs, 4, 3, device=device), torch.zeros(n_envs, dtype=torch.long, device=device)
+                for _ in range(k_ft):
+                    net(x, t, cond)
+
+            def ref_logprob() -> None:
+                ppo.old_log_probs(buf, ppo.cfg.logprob_batch_size)
+                obs, chains = buf.flat_obs(), buf.chains.view(buf.n_rows, k_ft + 1, 4, 3)
+                for lo in range(0, buf.n_rows, ppo.cfg.logprob_batch_size):
+                    hi = min(lo + ppo.cfg.logprob_batch_size, buf.n_rows)
+                    x = chains[lo:hi, :-1].reshape(-1, 4, 3)
+                    st = obs["state"][lo:hi].repeat_interleave(k_ft, 0)
+                    net(x, torch.zeros(len(x), dtype=torch.long, device=device), {"state": st})
+
+            def ref_minibatch() -> None:
+                mb = next(ppo.minibatches(buf, old))
+                mb = mb._replace(critic_cond=None, critic_index=None)
+                rows = torch.arange(len(mb.step), device=device)
+                net(mb.chains[rows, mb.step], mb.step, mb.cond)
+                weights = torch.empty(len(mb.step))
+                for i, k in enumerate(mb.step.tolist()):  # the reference's per-row loop
+                    weights[i] = ppo.cfg.gamma_denoising ** (k_ft - k - 1)
+                loss, _ = ppo.loss(mb)
+                for opt in ppo.optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                ppo.optimizers["actor"].step()
+                ppo.optimizers["critic"].step()
+
+            with torch.no_grad():
+                e_sample = timed(ref_sample, 20, device)
+                e_lp = timed(ref_logprob, args.repeats, device)
+            e_mb = timed(ref_minibatch, args.repeats, device)
+            emulated = (
+                tuple(n_envs / t for t in e_sample),
+                tuple(pairs / t for t in e_lp),
+                tuple(args.batch / t for t in e_mb),
+            )
+
+        # one paper-size iteration: 500 steps x 40 envs (80k env steps), 200k rows, 5 epochs of 4 minibatches
+        paper_rows, paper_steps = 500 * 40 * 10, 500 * 40 * te
+        extrapolated = tuple(
+            paper_steps / r + paper_rows / lp + 5 * 4 * args.batch / u
+            for r, lp, u in zip(rollout_rate, logprob_rate, update_rate)
+        )
+        measured = None
+        if args.full:
+            full = PPOAgent(compose(FT_DIR, FT_NAME, [*overrides[:4], "train.target_kl=null"]))
+            with Clock() as c:
+                full.train_iteration()
+            measured = (c.wall, c.cpu)
+            full.env.close()
+        env.close()
+
+    threads = torch.get_num_threads()
+    print(f"\nDPPO fine-tuning, hopper shapes (E=40, K=20, K'=10, MLP 512x3), device {device}, {threads} torch threads")
+    print("rates per wall-clock second, and per process CPU second (= idle-core wall time when single-threaded)")
+    print(f"{'measure':50s} {'wall':>10s} {'cpu':>10s} {'reference':>10s} {'cpu/ref':>8s}")
+
+    def row(name: str, value: tuple[float, float], ref: float | None) -> None:
+        ref_s, ratio = (f"{ref:,.0f}", f"{value[1] / ref:.2f}x") if ref else ("-", "")
+        print(f"{name:50s} {value[0]:>10,.0f} {value[1]:>10,.0f} {ref_s:>10s} {ratio:>8s}")
+
+    row("calibration: float32 matmul GFLOP/s", gflops, None)
+    row("raw vector env, env steps/s", raw_rate, None)
+    row("rollout (sample + env + buffer), env steps/s", rollout_rate, None)
+    row("policy chunk queries/s (40 conditions, chains)", chunk_rate, REFERENCE["chunks"])
+    row("old-log-prob pass, rows/s", logprob_rate, REFERENCE["logprob"])
+    row(f"PPO update, rows/s ({args.batch:,}-row minibatches)", update_rate, REFERENCE["update"])
+    ref_it = REFERENCE["iteration_s"]
+    name = "one paper iteration, s (extrapolated)"
+    print(
+        f"{name:50s} {extrapolated[0]:>10.1f} {extrapolated[1]:>10.1f} {ref_it:>10.0f} "
+        f"{ref_it / extrapolated[1]:>7.2f}x"
+    )
+    if measured is not None:
+        name = "one paper iteration, s (measured, --full)"
+        print(f"{name:50s} {measured[0]:>10.1f} {measured[1]:>10.1f} {ref_it:>10.0f} {ref_it / measured[1]:>7.2f}x")
+    if emulated is not None:
+        print("\nsame machine, same run: this repo vs the reference's extra work emulated on top of it (cpu rates)")
+        names = ("policy chunk queries/s", "old-log-prob pass, rows/s", "PPO update, rows/s")
+        ours = (chunk_rate, logprob_rate, update_rate)
+        for name, mine, ref_like in zip(names, ours, emulated):
+            print(f"{name:50s} {mine[1]:>10,.0f} {ref_like[1]:>10,.0f} (emulated) {mine[1] / ref_like[1]:>6.2f}x")
+    print(
+        "(iteration: 80k env steps, 200k rows old-log-prob pass, 5 epochs x 4 minibatches of 50k rows; "
+        "for the iteration the last column is reference / this repo, i.e. the speed-up)"
+    )
+
+
+if __name__ == "__main__":
+    main()
