@@ -33,12 +33,16 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def curve(run: Path, metric: str, x_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) of `metric` in one run; x is `x_key` where logged on the same row, else the row's step."""
+    """(x, y) of `metric` in one run; x is the latest `x_key` logged up to that row (evaluation rows do not carry
+    `train/env_steps`: they take the count of the training row before them), else the row's step."""
     xs, ys = [], []
+    last_x = None
     for row in read_metrics(run):
+        if row.get(x_key) is not None:
+            last_x = row[x_key]
         if row.get(metric) is None:
             continue
-        xs.append(row[x_key] if row.get(x_key) is not None else row["step"])
+        xs.append(last_x if last_x is not None else row["step"])
         ys.append(row[metric])
     return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
