@@ -21,6 +21,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from model.encoder.augment import random_shift
+
 
 def compute_gae(
     rewards: Tensor,
@@ -69,7 +71,8 @@ class RolloutBuffer:
 
     Attributes (S = n_steps, E = n_envs, K' = n_chain_steps):
         obs: dict of (S, E, ...) tensors, the observation each chunk was chosen from (`state` (S, E, To, Do)
-            float32; `rgb` (S, E, To_img, C, H, W) kept in the env's dtype, uint8 for pixels).
+            float32; `rgb` (S, E, To_img, C, H, W) kept in the env's dtype, uint8 for pixels: 4x less memory
+            than the reference's float copy, and the encoders take uint8 directly).
         chains: (S, E, K'+1, Ta, Da) denoising chains (Gaussian/GMM: K' = 1, a dummy start and the action).
         rewards: (S, E) raw chunk rewards (sum over the executed env steps).
         terminated, truncated: (S, E) bool.
@@ -147,6 +150,32 @@ class RolloutBuffer:
         self.truncated[step].copy_(truncated)
         self.firsts[step].copy_(first)
         self.bootstrap_values[step].zero_()
+
+    @torch.no_grad()
+    def augment_images(
+        self, pad: int, key: str = "rgb", chunk: int = 2048, generator: torch.Generator | None = None
+    ) -> None:
+        """Randomly shift every stored image once, in place (reference 2.9, RandomShiftsAug after the rollout).
+
+        The images `obs[key]` (S, E, To_img, C, H, W) are flattened to (S * E * To_img, C, H, W) and each gets an
+        independent integer shift in [-pad, pad] per axis with replicate padding. An integer shift only moves
+        pixels, so uint8 storage stays exact; the float copy `random_shift` needs is made `chunk` images at a time.
+
+        Args:
+            pad: maximum shift in pixels (0: nothing to do).
+            key: observation key of the images.
+            chunk: images converted to float at once (bounds the extra memory).
+            generator: optional RNG for the offsets.
+        """
+        if pad == 0:
+            return
+        if key not in self.obs:
+            raise KeyError(f"augment_images: no '{key}' observations in the buffer (keys {sorted(self.obs)})")
+        images = self.obs[key]
+        flat = images.view(-1, *images.shape[-3:])  # (S * E * To_img, C, H, W), a view: written in place
+        for lo in range(0, flat.shape[0], chunk):
+            part = flat[lo : lo + chunk]
+            part.copy_(random_shift(part.float(), pad, generator=generator).round().to(part.dtype))
 
     def flat_obs(self) -> dict[str, Tensor]:
         """Observations as (S * E, ...) views, step-major."""

@@ -7,7 +7,10 @@ Per training iteration:
 2. Collect `train.n_steps` chunks from each of the `env.n_envs` envs with stochastic sampling, storing the
    observation, the denoising chain, the chunk reward and the termination/truncation flags. Where an episode is
    truncated, V(final_obs) is computed right away for bootstrapping.
-3. Values V(s) of every stored observation, in batches of `train.logprob_batch_size`.
+3. Pixels with `train.augment`: every stored image is randomly shifted ONCE (by up to `train.augment_pad` = 4
+   pixels, reference 2.9); the values, PPO's old log-probs and all updates then see the same augmented images.
+   Bootstrap values of truncated episodes (computed during the rollout) use the raw final observations.
+   Values V(s) of every stored observation, in batches of `train.logprob_batch_size`.
 4. Optional running reward scaling (reference 2.7) and the constant `train.reward_scale_const`.
 5. GAE (`buffer.compute_gae`: terminated stops bootstrapping; truncated bootstraps with V(final_obs); lambda never
    crosses an episode boundary).
@@ -57,7 +60,7 @@ class OnPolicyAgent(FinetuneAgent):
     """On-policy fine-tuning (see the module docstring). Subclasses set `algorithm_class`.
 
     Config keys read here: train.{n_steps, gamma, gae_lambda, reward_scale_running, reward_scale_const,
-    logprob_batch_size}, env.reset_at_iteration.
+    logprob_batch_size, augment, augment_pad}, env.reset_at_iteration.
     """
 
     algorithm: OnPolicyAlgorithm
@@ -73,6 +76,8 @@ class OnPolicyAgent(FinetuneAgent):
             isinstance(lbs, int) and lbs >= 1,
             f"train.logprob_batch_size must be an integer >= 1, got {lbs!r}",
         )
+        pad = get("train.augment_pad", 4)
+        require(isinstance(pad, int) and pad >= 0, f"train.augment_pad must be an integer >= 0, got {pad!r}")
 
     def setup(self) -> None:
         t = self.cfg.train
@@ -92,6 +97,14 @@ class OnPolicyAgent(FinetuneAgent):
             key: (tuple(space[key].shape), torch.from_numpy(np.zeros(0, dtype=space[key].dtype)).dtype)
             for key in space.spaces
         }
+        self.augment_pad = (
+            int(OmegaConf.select(t, "augment_pad", default=4)) if OmegaConf.select(t, "augment", default=False) else 0
+        )
+        require(
+            self.augment_pad == 0 or "rgb" in obs_spec,
+            f"train.augment shifts the stored images, but env {self.cfg.env.name} gives no 'rgb' observations "
+            f"(keys {sorted(obs_spec)}); set train.augment=false",
+        )
         k = int(self.policy.n_chain_steps)
         chain_shape = (k + 1, int(self.cfg.horizon_steps), int(self.cfg.action_dim))
         self.buffer = RolloutBuffer(self.n_steps, self.n_envs, obs_spec, chain_shape, self.device)
@@ -174,6 +187,8 @@ class OnPolicyAgent(FinetuneAgent):
         stats = self.episodes.summary()
         if stats["n_episodes"] == 0:
             stats = {"n_episodes": 0}
+        if self.augment_pad > 0:
+            self.buffer.augment_images(self.augment_pad)
         self.compute_values()
         self.buffer.compute_advantages(self.gamma, self.gae_lambda, self.scaled_rewards(), self.reward_scale_const)
         start = time.perf_counter()

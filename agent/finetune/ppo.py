@@ -23,6 +23,10 @@ Deliberate differences from the reference:
 * Old log-probs are stored per transition already reduced to the scalar the loss uses (mathematically identical).
 * During the critic warm-up (`n_critic_warmup_itr`) the actor is not updated, so its loss is not computed either
   (the reference computes and discards it); the KL early stop only applies once the actor trains.
+* The policy is in eval mode during the update (no in-network augmentation or dropout; see `PPO.update`). Pixel
+  runs instead augment the stored images once after the rollout (`train.augment`, reference 2.9).
+* `train.grad_accumulate` = g (reference 2.9): the optimisers step on the mean gradient of g minibatches; a partial
+  group at the end of an epoch is stepped rather than carried into the next epoch (see `PPO._update`).
 """
 
 from __future__ import annotations
@@ -133,6 +137,7 @@ class PPOConfig:
     eta_weight_decay: float = 0.0
     eta_lr_scheduler: dict[str, Any] | None = None
     eta_update_interval: int = 1
+    grad_accumulate: int = 1
     # model.*
     gamma_denoising: float = 0.99
     clip_ploss_coef: float = 0.01
@@ -149,7 +154,7 @@ class PPOConfig:
         "batch_size", "update_epochs", "logprob_batch_size", "vf_coef", "ent_coef", "target_kl", "max_grad_norm",
         "n_critic_warmup_itr", "use_bc_loss", "bc_loss_coeff", "actor_lr", "actor_weight_decay",
         "actor_lr_scheduler", "critic_lr", "critic_weight_decay", "critic_lr_scheduler", "eta_lr",
-        "eta_weight_decay", "eta_lr_scheduler", "eta_update_interval",
+        "eta_weight_decay", "eta_lr_scheduler", "eta_update_interval", "grad_accumulate",
     )  # fmt: skip
     MODEL_KEYS = (
         "gamma_denoising", "clip_ploss_coef", "clip_ploss_coef_base", "clip_ploss_coef_rate", "clip_vloss_coef",
@@ -244,6 +249,11 @@ class PPO(OnPolicyAlgorithm):
         require(
             bs >= 2 or not get("model.norm_adv", True),
             "train.batch_size must be >= 2 to normalise advantages",
+        )
+        accumulate = get("train.grad_accumulate", 1)
+        require(
+            isinstance(accumulate, int) and accumulate >= 1,
+            f"train.grad_accumulate must be an integer >= 1, got {accumulate!r}",
         )
         epochs = get("train.update_epochs", 5)
         require(isinstance(epochs, int) and epochs >= 1, f"train.update_epochs must be >= 1, got {epochs!r}")
@@ -360,6 +370,11 @@ class PPO(OnPolicyAlgorithm):
             out[lo:hi] = reduce_log_prob(lp, self.cfg.reward_horizon)
         return out
 
+    def n_minibatches(self, buffer: RolloutBuffer) -> int:
+        """Minibatches per epoch: max(1, N // batch_size) over the N = S * E * K' rows (the remainder dropped)."""
+        n_total = buffer.n_rows * self.n_chain_steps
+        return max(1, n_total // min(self.cfg.batch_size, n_total))
+
     def minibatches(self, buffer: RolloutBuffer, old_log_probs: Tensor) -> Any:
         """Yield the epoch's minibatches over the N = S * E * K' (env step, denoising step) pairs.
 
@@ -393,41 +408,94 @@ class PPO(OnPolicyAlgorithm):
             )
 
     def update(self, buffer: RolloutBuffer) -> dict[str, float]:
-        """PPO epochs over the rollout (reference 2.5.5.4); returns mean diagnostics."""
+        """PPO epochs over the rollout (reference 2.5.5.4 and, with `grad_accumulate`, 2.9); returns mean diagnostics.
+
+        The policy runs in eval mode throughout (old log-probs and every minibatch): its in-network augmentation
+        (a pixel encoder's RandomShift) and dropout are off, so the ratio compares one deterministic function of
+        the stored observations before and after each step (r = 1 at the first minibatch). Pixel runs augment the
+        stored images once instead (`train.augment`, see onpolicy.py). Gradients flow as in train mode.
+        """
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            return self._update(buffer)
+        finally:
+            self.policy.train(was_training)
+
+    def _optimizer_step(self, train_actor: bool, n_steps_done: int) -> Tensor | None:
+        """Clip (actor), step the actor (after the warm-up), eta and critic, then zero every gradient.
+
+        Returns:
+            the actor's gradient norm before clipping when `max_grad_norm` is set, else None.
+        """
+        c = self.cfg
+        grad_norm = None
+        if train_actor:
+            if c.max_grad_norm is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.actor_params, c.max_grad_norm)
+            self.optimizers["actor"].step()
+            eta_opt = self.optimizers.get("eta")
+            if eta_opt is not None and n_steps_done % c.eta_update_interval == 0:
+                eta_opt.step()
+        self.optimizers["critic"].step()
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _update(self, buffer: RolloutBuffer) -> dict[str, float]:
+        """The epochs of `update`.
+
+        Gradient accumulation (g = `train.grad_accumulate`, reference 2.9): backward runs on every minibatch with
+        the loss divided by the size of its group, so a step sees the mean gradient of g minibatches (an
+        effective batch of g * batch_size rows); every g minibatches the actor is clipped and stepped, the
+        critic stepped, the gradients zeroed and the KL stop checked on the group's mean approx_kl. A partial
+        group at the end of an epoch is stepped too (deliberate fix: the reference carries its gradients into
+        the next epoch, or past the last epoch into the next iteration). g = 1 is plain PPO.
+        """
         c = self.cfg
         train_actor = self.iteration >= c.n_critic_warmup_itr
         # The old log-probs only enter the actor's loss: skip their pass during the critic warm-up.
         old_lp = buffer.log_probs.view(buffer.n_rows, -1)
         if train_actor:
             old_lp = self.old_log_probs(buffer, c.logprob_batch_size)
-        actor_opt, critic_opt = self.optimizers["actor"], self.optimizers["critic"]
-        eta_opt = self.optimizers.get("eta")
+        g = c.grad_accumulate
+        n_per_epoch = self.n_minibatches(buffer)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
         sums: dict[str, Tensor] = {}
         n_batches = 0
+        n_steps = 0
         stopped_early = False
         for _epoch in range(c.update_epochs):
-            for mb in self.minibatches(buffer, old_lp):
+            group_kl: list[Tensor] = []
+            for i, mb in enumerate(self.minibatches(buffer, old_lp)):
+                group_start = i - i % g
+                group_size = min(g, n_per_epoch - group_start)
                 loss, info = self.loss(mb, train_actor)
-                for opt in self.optimizers.values():
-                    opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if train_actor:
-                    if c.max_grad_norm is not None:
-                        info["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.actor_params, c.max_grad_norm)
-                    actor_opt.step()
-                    if eta_opt is not None and n_batches % c.eta_update_interval == 0:
-                        eta_opt.step()
-                critic_opt.step()
+                (loss / group_size).backward()
                 n_batches += 1
+                if "approx_kl" in info:
+                    group_kl.append(info["approx_kl"])
+                if i + 1 == group_start + group_size:
+                    grad_norm = self._optimizer_step(train_actor, n_steps)
+                    n_steps += 1
+                    if grad_norm is not None:
+                        info["grad_norm"] = grad_norm
+                    kl = torch.stack(group_kl).mean() if group_kl else None
+                    group_kl = []
+                    if train_actor and c.target_kl is not None and kl is not None and float(kl) > c.target_kl:
+                        stopped_early = True
                 for key, value in info.items():
                     sums[key] = sums.get(key, 0.0) + value.detach()
-                if train_actor and c.target_kl is not None and float(info["approx_kl"]) > c.target_kl:
-                    stopped_early = True
+                if stopped_early:
                     break
             if stopped_early:
                 break
         out = {key: float(v) / n_batches for key, v in sums.items()}
+        if "grad_norm" in sums:
+            out["grad_norm"] = float(sums["grad_norm"]) / max(n_steps, 1)
         out["n_minibatches"] = n_batches
+        out["n_optimizer_steps"] = n_steps
         out["kl_stop"] = float(stopped_early)
         returns, values = buffer.returns.view(-1), buffer.values.view(-1)
         var_r = returns.var()

@@ -13,6 +13,7 @@ from agent.config import CFG_ROOT, compose
 from agent.finetune.loading import TUNABLE_NETWORK_KEYS
 from tests.configs.test_finetune_configs import (
     params,
+    pixel_overrides,
     pretrain_config_of,
     skip_unless_suite_available,
     write_pretrain_checkpoint,
@@ -28,6 +29,7 @@ def test_every_dppo_eval_config_exists():
     for task in ("lift", "can", "square", "transport"):
         for p in ("diffusion_mlp", "diffusion_unet", "gaussian_mlp"):
             assert ("robomimic", task, f"eval_{p}") in names
+            assert ("robomimic", task, f"eval_{p}_img") in names
     assert ("d3il", "avoid_m1", "eval_diffusion_mlp") in names
 
 
@@ -53,8 +55,11 @@ def test_eval_config_evaluates_a_pretraining_checkpoint(path: Path, tmp_dirs: Pa
 
     probe = compose(path.parent, path.stem, ["wandb=null"])
     skip_unless_suite_available(probe.env_name)
-    ckpt = write_pretrain_checkpoint(tmp_dirs / "pre" / "checkpoint" / "state_1.pt", pretrain_config_of(probe))
+    pixels = pixel_overrides(probe)
+    pre = pretrain_config_of(probe, pixels)
+    ckpt = write_pretrain_checkpoint(tmp_dirs / "pre" / "checkpoint" / "state_1.pt", pre)
     overrides = ["device=cpu", "wandb=null", "env.n_envs=2", "n_episodes=null", "n_steps=3", f"base_policy_path={ckpt}"]
+    overrides += pixels
     agent = EvalAgent(compose(path.parent, path.stem, overrides))
     result = agent.run()
     written = json.loads((agent.logdir / "eval_result.json").read_text())

@@ -49,13 +49,25 @@ def params(paths: list[Path], runs_env: bool = True) -> list:
     return out
 
 
-def pretrain_config_of(cfg: DictConfig) -> DictConfig:
+TINY_IMAGE = 24  # pixel configs run on (3 * cameras, 24, 24) images: rendered by the env, encoded by a small ViT
+
+
+def pixel_overrides(cfg: DictConfig) -> list[str]:
+    """For a pixel config: shape_meta.obs.rgb.shape = [C, 24, 24] (the env renders and the encoders expect that
+    size; the pretraining config gets it too so the checkpoint fits), else nothing."""
+    shape = OmegaConf.select(cfg, "shape_meta.obs.rgb.shape", default=None)
+    if shape is None:
+        return []
+    return [f"shape_meta.obs.rgb.shape=[{int(shape[0])},{TINY_IMAGE},{TINY_IMAGE}]"]
+
+
+def pretrain_config_of(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
     """The pretraining config whose checkpoint this config starts from (cfg/<suite>/pretrain/<task>/pre_<policy>)."""
     folder = CFG_ROOT / cfg.suite / "pretrain" / cfg.env_name
     assert (folder / f"pre_{cfg.policy_name}.yaml").is_file(), (
         f"no pretraining config pre_{cfg.policy_name} in {folder}"
     )
-    return compose(folder, f"pre_{cfg.policy_name}", ["wandb=null"])
+    return compose(folder, f"pre_{cfg.policy_name}", ["wandb=null", *(overrides or [])])
 
 
 def identity_normalization(obs_dim: int, action_dim: int) -> dict[str, np.ndarray]:
@@ -112,6 +124,11 @@ def test_every_dppo_finetune_config_exists():
             "gmm_transformer",
         ):
             assert ("robomimic", "finetune", task, f"ft_ppo_{p}") in names
+        for p in ("diffusion_mlp", "diffusion_unet", "gaussian_mlp"):
+            assert ("robomimic", "finetune", task, f"ft_ppo_{p}_img") in names
+    for task in ("can", "square"):
+        for p in ("diffusion_transformer", "diffusion_transformer_img"):
+            assert ("robomimic", "finetune", task, f"ft_ppo_{p}") in names
     for m in (1, 2, 3):
         for p in ("diffusion", "gaussian", "gmm"):
             assert ("d3il", "finetune", f"avoid_m{m}", f"ft_ppo_{p}_mlp") in names
@@ -145,11 +162,13 @@ def test_finetune_config_runs_two_iterations(path: Path, tmp_dirs: Path):
 
     probe = compose(path.parent, path.stem, ["wandb=null"])
     skip_unless_suite_available(probe.env_name)
-    overrides = list(TINY)
+    pixels = pixel_overrides(probe)
+    overrides = [*TINY, *pixels]
     if probe.base_policy_path is None:  # from scratch: the env still normalises with the dataset's statistics
         write_normalization(Path(probe.normalization_path), probe.obs_dim, probe.action_dim)
     else:
-        ckpt = write_pretrain_checkpoint(tmp_dirs / "pre" / "checkpoint" / "state_1.pt", pretrain_config_of(probe))
+        pre = pretrain_config_of(probe, pixels)
+        ckpt = write_pretrain_checkpoint(tmp_dirs / "pre" / "checkpoint" / "state_1.pt", pre)
         overrides.append(f"base_policy_path={ckpt.parent.parent}")
     start = time.perf_counter()
     agent = PPOAgent(compose(path.parent, path.stem, overrides))

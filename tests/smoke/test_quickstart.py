@@ -1,0 +1,26 @@
+"""The quick start's pipeline end to end in its short form (the full one is `make quickstart`)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_quickstart_fast(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "script/quickstart.py", "--fast", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for label in ("pretrained", "fine-tuned"):
+        result = json.loads((tmp_path / f"eval_{label}" / "eval_result.json").read_text())
+        assert result["n_episodes"] == 200 and 0.0 <= result["success_rate"] <= 1.0
+    assert (tmp_path / "finetune" / "curves.png").stat().st_size > 5000
+    assert "fine-tuned" in out.stdout.splitlines()[-3]
