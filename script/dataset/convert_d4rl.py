@@ -1,0 +1,187 @@
+"""Convert a D4RL-style dataset dictionary to the toolkit's `train.npz` + `normalization.npz` (reference 7.3).
+
+Input: a `.npz`, `.pkl` or `.hdf5` file holding `observations` (N, Do), `actions` (N, Da), `rewards` (N,),
+`terminals` (N,) and `timeouts` (N,) - what `d4rl`'s `env.get_dataset()` returns, or D4RL's own hdf5 files.
+
+    python script/dataset/convert_d4rl.py --input hopper_medium-v2.hdf5 --task hopper-medium-v2
+    python script/dataset/convert_d4rl.py --input kitchen.pkl --task kitchen-complete-v0 --val-split 0.1
+
+Rules (reference 7.3): trajectory ends are the sorted union of terminal and timeout indices and the tail after
+the last end is dropped; normalisation statistics are the min/max over the *whole* dataset (before any
+filtering); `--max-episodes` keeps the first episodes; trajectories with total reward <= 0 are skipped (turn
+off with `--keep-nonpositive-reward`). Deliberate difference: the train/val split is drawn after the reward
+filter, so `--val-split` is the validation fraction of the trajectories actually written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # allow `python script/dataset/convert_d4rl.py` from a checkout
+    sys.path.insert(0, str(REPO))
+
+from script.dataset.common import (  # noqa: E402
+    DatasetSummary,
+    NormStats,
+    select_trajectories,
+    setup_logging,
+    task_dir,
+    write_dataset,
+)
+
+log = logging.getLogger("convert_d4rl")
+
+REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
+
+
+def load_d4rl_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a D4RL dictionary from `.npz`, `.pkl`/`.pickle` or `.hdf5`/`.h5` (top-level datasets).
+
+    `states` is accepted as another name for `observations`; a missing `timeouts` becomes all False.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"D4RL file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    elif suffix in (".pkl", ".pickle"):
+        with open(path, "rb") as f:
+            obj = pickle.load(f)  # noqa: S301 - the user's own dataset file
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"{path} does not hold a dictionary (got {type(obj).__name__})")
+        data = {k: np.asarray(v) for k, v in obj.items()}
+    elif suffix in (".hdf5", ".h5"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            data = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
+    else:
+        raise ValueError(f"unsupported file type {suffix!r} for {path} (use .npz, .pkl or .hdf5)")
+    if "observations" not in data and "states" in data:
+        data["observations"] = data.pop("states")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise KeyError(f"{path} lacks {missing}; it has {sorted(data)}")
+    if "timeouts" not in data:
+        data["timeouts"] = np.zeros(len(data["observations"]), dtype=bool)
+    return data
+
+
+def episode_lengths(terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
+    """Episode lengths (n_traj,) from per-step end flags (N,).
+
+    An episode ends at every index where `terminals` or `timeouts` is set (their sorted union); the steps
+    after the last end belong to an unfinished episode and are not counted (the caller drops them).
+    """
+    ends = np.flatnonzero(np.logical_or(np.asarray(terminals, bool), np.asarray(timeouts, bool)))
+    return np.diff(np.concatenate([[-1], ends])).astype(np.int64)
+
+
+def convert_d4rl(
+    data: Mapping[str, np.ndarray],
+    out_dir: str | os.PathLike,
+    max_episodes: int | None = None,
+    val_split: float = 0.0,
+    skip_nonpositive_reward: bool = True,
+    seed: int = 0,
+) -> DatasetSummary:
+    """Split a D4RL dictionary into episodes, filter and normalise them, and write the dataset files.
+
+    Args:
+        data: `observations` (N, Do), `actions` (N, Da), `rewards` (N,), `terminals` (N,), `timeouts` (N,).
+        out_dir: folder for train.npz (+ val.npz) and normalization.npz.
+        max_episodes: keep only the first this many episodes (before the reward filter, as the reference).
+        val_split: fraction of the written trajectories that go to val.npz.
+        skip_nonpositive_reward: drop episodes whose total reward is <= 0 (the reference's behaviour).
+        seed: seed of the train/val split.
+    """
+    obs = np.asarray(data["observations"])
+    actions = np.asarray(data["actions"])
+    rewards = np.asarray(data["rewards"]).reshape(-1)
+    terminals = np.asarray(data["terminals"]).reshape(-1).astype(bool)
+    timeouts = np.asarray(data.get("timeouts", np.zeros(len(obs), bool))).reshape(-1).astype(bool)
+    if not (len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts)):
+        raise ValueError("observations, actions, rewards, terminals and timeouts must have the same length")
+    stats = NormStats.from_data(obs, actions)  # whole dataset, before any filtering (reference 7.3)
+    lengths = episode_lengths(terminals, timeouts)
+    n_used = int(lengths.sum())
+    if n_used < len(obs):
+        log.info("dropping %d trailing steps after the last episode end", len(obs) - n_used)
+    if max_episodes is not None:
+        lengths = lengths[:max_episodes]
+        n_used = int(lengths.sum())
+    per_step = {
+        "states": obs[:n_used],
+        "actions": actions[:n_used],
+        "rewards": rewards[:n_used],
+        "terminals": terminals[:n_used],
+    }
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    returns = np.add.reduceat(rewards[:n_used], starts) if len(lengths) else np.zeros(0)
+    keep = np.flatnonzero(returns > 0) if skip_nonpositive_reward else np.arange(len(lengths))
+    if skip_nonpositive_reward and len(keep) < len(lengths):
+        log.info("skipping %d of %d episodes with total reward <= 0", len(lengths) - len(keep), len(lengths))
+    if len(keep) == 0:
+        raise ValueError("no episode left to write (all filtered out, or no terminal/timeout flags set)")
+    arrays, kept_lengths = select_trajectories(per_step, lengths, keep)
+    return write_dataset(
+        out_dir,
+        arrays["states"],
+        arrays["actions"],
+        kept_lengths,
+        rewards=arrays["rewards"],
+        terminals=arrays["terminals"],
+        stats=stats,
+        val_split=val_split,
+        seed=seed,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--input", required=True, help="D4RL dictionary file (.npz, .pkl or .hdf5)")
+    p.add_argument("--task", help="task name; output goes to $DPPO_DATA_DIR/<suite>/<task>/ (default: file stem)")
+    p.add_argument("--suite", default="gym", help="suite folder under the data dir (default: gym)")
+    p.add_argument("--out-dir", help="explicit output folder (overrides --suite/--task)")
+    p.add_argument("--max-episodes", type=int, default=None, help="keep only the first N episodes")
+    p.add_argument("--val-split", type=float, default=0.0, help="fraction of episodes for val.npz (default 0)")
+    p.add_argument(
+        "--keep-nonpositive-reward",
+        action="store_true",
+        help="keep episodes with total reward <= 0 (the reference skips them)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    out = Path(args.out_dir) if args.out_dir else task_dir(args.suite, args.task or Path(args.input).stem)
+    data = load_d4rl_dict(args.input)
+    summary = convert_d4rl(
+        data,
+        out,
+        max_episodes=args.max_episodes,
+        val_split=args.val_split,
+        skip_nonpositive_reward=not args.keep_nonpositive_reward,
+        seed=args.seed,
+    )
+    print(summary.line())  # final summary for the user
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
