@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="a much shorter run (for smoke tests)")
     parser.add_argument("--out", type=Path, default=REPO / "log" / "quickstart")
     args = parser.parse_args()
-    epochs, itrs, n_demos = (2, 2, 20) if args.fast else (60, 40, 200)
+    epochs, itrs, n_demos = (2, 2, 20) if args.fast else (100, 30, 200)
     out = args.out.resolve()
     data = out / "data"
     env = {**os.environ, "DPPO_DATA_DIR": str(data), "DPPO_LOG_DIR": str(out), "WANDB_MODE": "disabled"}
@@ -59,6 +59,8 @@ def main() -> None:
             f"logdir={out}/pretrain",
             f"train.n_epochs={epochs}",
             "train.batch_size=256",
+            "train.learning_rate=1e-3",
+            "train.lr_scheduler.min_lr=1e-4",
             f"train.save_model_freq={epochs}",
             f"train.lr_scheduler.first_cycle_steps={epochs}",
         ],
