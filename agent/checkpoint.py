@@ -59,9 +59,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise DataError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); is it truncated?"
-        ) from exc
+        raise DataError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); is it truncated?") from exc
     if not isinstance(payload, dict) or "model" not in payload:
         raise DataError(f"{path} is not a checkpoint of this toolkit (expected a dict with a 'model' entry)")
     return payload
@@ -114,6 +112,4 @@ def find_resume_checkpoint(resume: Any, logdir: str | os.PathLike) -> Path | Non
         latest = latest_checkpoint(path)
         if latest is not None:
             return latest
-    raise DataError(
-        f"resume={resume}: no checkpoint there (give a run folder or a checkpoint/state_<N>.pt file)"
-    )
+    raise DataError(f"resume={resume}: no checkpoint there (give a run folder or a checkpoint/state_<N>.pt file)")

@@ -129,9 +129,7 @@ def compose(config_dir: str | Path, config_name: str, overrides: list[str] | Non
     register_search_path()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
-        return hydra_compose(
-            config_name=config_name, overrides=list(overrides or []), return_hydra_config=False
-        )
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=False)
 
 
 def instantiate(node: Any, where: str, **kwargs: Any) -> Any:
@@ -191,9 +189,7 @@ def _check_keys(node: Any, cls: type, where: str, extra: set[str]) -> None:
             try:
                 child_cls = get_class(child._target_)
             except Exception as exc:
-                raise ConfigError(
-                    f"{where}.{key}._target_={child._target_} cannot be imported ({exc})"
-                ) from exc
+                raise ConfigError(f"{where}.{key}._target_={child._target_} cannot be imported ({exc})") from exc
             _check_keys(child, child_cls, f"{where}.{key}", extra=set())
 
 
@@ -222,13 +218,9 @@ def validate_common(cfg: DictConfig) -> None:
         require(1 <= img_cond <= cond, f"img_cond_steps={img_cond} must be in [1, cond_steps={cond}]")
     k, k_ft = get("denoising_steps"), get("ft_denoising_steps")
     if k_ft is not None:
-        require(
-            isinstance(k_ft, int) and k_ft >= 0, f"ft_denoising_steps must be an integer >= 0, got {k_ft!r}"
-        )
+        require(isinstance(k_ft, int) and k_ft >= 0, f"ft_denoising_steps must be an integer >= 0, got {k_ft!r}")
         use_ddim = bool(get("model.use_ddim"))
-        limit, limit_key = (
-            (get("model.ddim_steps"), "model.ddim_steps") if use_ddim else (k, "denoising_steps")
-        )
+        limit, limit_key = (get("model.ddim_steps"), "model.ddim_steps") if use_ddim else (k, "denoising_steps")
         if limit is not None:
             require(
                 k_ft <= limit,
@@ -262,10 +254,7 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: list[st
         base = compose(config_dir, config_name, [])
         for override in plain:
             key = override.split("=", 1)[0]
-            if (
-                key.startswith(("+", "~"))
-                or OmegaConf.select(base, key, default="__missing__") != "__missing__"
-            ):
+            if key.startswith(("+", "~")) or OmegaConf.select(base, key, default="__missing__") != "__missing__":
                 continue
             raise ConfigError(f"{key} is not a key of this config; {_suggest(base, key)}") from exc
         raise ConfigError(f"cannot compose the config: {_first_line(cause)}") from exc

@@ -36,9 +36,7 @@ class Batch(NamedTuple):
     cond: dict[str, torch.Tensor]
 
 
-def load_npz(
-    path: str | os.PathLike, use_img: bool = False, hint: str | None = None
-) -> dict[str, np.ndarray]:
+def load_npz(path: str | os.PathLike, use_img: bool = False, hint: str | None = None) -> dict[str, np.ndarray]:
     """Load and check a demonstration file; any problem is a one-line `DataError`.
 
     Args:
@@ -61,17 +59,13 @@ def load_npz(
         raise DataError(f"{path} lacks key(s) {missing}; it has {sorted(data)} (expected {required})")
     states, actions, lengths = data["states"], data["actions"], data["traj_lengths"]
     if states.ndim != 2 or actions.ndim != 2:
-        raise DataError(
-            f"{path}: states and actions must be 2-D (N, D), got {states.shape} and {actions.shape}"
-        )
+        raise DataError(f"{path}: states and actions must be 2-D (N, D), got {states.shape} and {actions.shape}")
     if len(states) != len(actions):
         raise DataError(f"{path}: {len(states)} states but {len(actions)} actions")
     if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer) or (lengths <= 0).any():
         raise DataError(f"{path}: traj_lengths must be a 1-D array of positive integers")
     if int(lengths.sum()) != len(states):
-        raise DataError(
-            f"{path}: traj_lengths sum to {int(lengths.sum())} but the file holds {len(states)} steps"
-        )
+        raise DataError(f"{path}: traj_lengths sum to {int(lengths.sum())} but the file holds {len(states)} steps")
     for key in ("states", "actions"):
         if not np.isfinite(data[key]).all():
             bad = int((~np.isfinite(data[key])).any(axis=1).sum())

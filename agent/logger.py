@@ -65,9 +65,7 @@ class Logger:
         config: the resolved config, stored with the wandb run.
     """
 
-    def __init__(
-        self, logdir: str | os.PathLike, wandb_cfg: Mapping | None = None, config: dict | None = None
-    ):
+    def __init__(self, logdir: str | os.PathLike, wandb_cfg: Mapping | None = None, config: dict | None = None):
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.path = self.logdir / "metrics.jsonl"

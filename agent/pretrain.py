@@ -76,9 +76,7 @@ class PretrainAgent(BaseAgent):
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         t = cfg.train
-        self.dataset: StitchedSequenceDataset = instantiate(
-            cfg.train_dataset, "train_dataset", device=self.device
-        )
+        self.dataset: StitchedSequenceDataset = instantiate(cfg.train_dataset, "train_dataset", device=self.device)
         self.model: torch.nn.Module = instantiate(cfg.model, "model").to(self.device)
         self.ema = EMA(self.model, cfg.ema.decay)
         self.optimizer = make_adamw(self.model.parameters(), t.learning_rate, t.weight_decay)
@@ -173,9 +171,7 @@ class PretrainAgent(BaseAgent):
         t = self.cfg.train
         val_freq = int(OmegaConf.select(self.cfg, "train.val_freq", default=10))
         start = time.perf_counter()
-        bar = tqdm(
-            range(self.epoch + 1, t.n_epochs + 1), desc="pretrain", initial=self.epoch, total=t.n_epochs
-        )
+        bar = tqdm(range(self.epoch + 1, t.n_epochs + 1), desc="pretrain", initial=self.epoch, total=t.n_epochs)
         for epoch in bar:
             self.epoch = epoch
             metrics = {"pretrain/loss": self.train_epoch(), "pretrain/lr": self.scheduler.get_last_lr()[0]}

@@ -56,9 +56,7 @@ def preflight(argv: list[str]) -> None:
     """Check a single run's overrides before Hydra starts, so a typo is one clear line (not for -m sweeps)."""
     from agent.config import check_overrides
 
-    if any(
-        a in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv
-    ):
+    if any(a in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv):
         return
     opts, overrides = {}, []
     it = iter(argv)

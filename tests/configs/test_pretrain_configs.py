@@ -72,7 +72,5 @@ def test_pretrain_config_runs_one_epoch(path: Path, tmp_dirs: Path):
     assert ckpt["epoch"] == 1 and ckpt["config"]["env"] == base.env
     assert ckpt["normalization"]["obs_min"].shape == (base.obs_dim,)
     with torch.no_grad():
-        actions = agent.ema.model.sample(
-            agent.dataset.get_batch(torch.arange(3)).cond, deterministic=True
-        ).actions
+        actions = agent.ema.model.sample(agent.dataset.get_batch(torch.arange(3)).cond, deterministic=True).actions
     assert actions.shape == (3, cfg.horizon_steps, cfg.action_dim) and torch.isfinite(actions).all()

@@ -75,6 +75,4 @@ def test_device_errors():
 def test_env_var_dirs(tmp_dirs):
     cfg = compose(CFG_ROOT / "gym/pretrain/hopper-medium-v2", "pre_diffusion_mlp")
     assert cfg.train_dataset_path == str(tmp_dirs / "data" / "gym" / "hopper-medium-v2" / "train.npz")
-    assert cfg.logdir.startswith(
-        str(tmp_dirs / "log" / "gym-pretrain" / "hopper-medium-v2_pre_diffusion_mlp")
-    )
+    assert cfg.logdir.startswith(str(tmp_dirs / "log" / "gym-pretrain" / "hopper-medium-v2_pre_diffusion_mlp"))
