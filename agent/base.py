@@ -32,7 +32,8 @@ class BaseAgent(ABC):
         self.seed = int(cfg.seed)
         set_seed(self.seed)
         self.device = resolve_device(OmegaConf.select(cfg, "device", default="auto"))
-        self.logdir = Path(cfg.logdir)
+        self.logdir = fresh_run_dir(Path(cfg.logdir))
+        cfg.logdir = str(self.logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         setup_logging(self.logdir)
         OmegaConf.save(cfg, self.logdir / "config.yaml")
@@ -50,6 +51,20 @@ class BaseAgent(ABC):
     @abstractmethod
     def run(self) -> None:
         """Do the agent's work (train, fine-tune or evaluate)."""
+
+
+def fresh_run_dir(logdir: Path) -> Path:
+    """`logdir`, or `logdir_1`, `logdir_2`, ... when another run already logged there.
+
+    Run folders end in the start time to the second, so two runs started in the same second (a fast sweep, a
+    resume right after a crash) would otherwise write into one folder. A resumed run also gets its own folder; it
+    reads its checkpoint from the old one.
+    """
+    candidate, i = logdir, 0
+    while (candidate / "metrics.jsonl").exists():
+        i += 1
+        candidate = logdir.with_name(f"{logdir.name}_{i}")
+    return candidate
 
 
 def load_normalization(path: str | None) -> dict[str, np.ndarray] | None:

@@ -76,3 +76,17 @@ def test_env_var_dirs(tmp_dirs):
     cfg = compose(CFG_ROOT / "gym/pretrain/hopper-medium-v2", "pre_diffusion_mlp")
     assert cfg.train_dataset_path == str(tmp_dirs / "data" / "gym" / "hopper-medium-v2" / "train.npz")
     assert cfg.logdir.startswith(str(tmp_dirs / "log" / "gym-pretrain" / "hopper-medium-v2_pre_diffusion_mlp"))
+
+
+def test_fresh_run_dir_never_reuses_a_logged_folder(tmp_path):
+    from agent.base import fresh_run_dir
+
+    run = tmp_path / "2026-01-01_00-00-00_42"
+    assert fresh_run_dir(run) == run
+    run.mkdir()
+    assert fresh_run_dir(run) == run  # an empty folder (e.g. Hydra's) is fine
+    (run / "metrics.jsonl").write_text("{}\n")
+    assert fresh_run_dir(run).name == "2026-01-01_00-00-00_42_1"
+    (tmp_path / "2026-01-01_00-00-00_42_1").mkdir()
+    (tmp_path / "2026-01-01_00-00-00_42_1" / "metrics.jsonl").write_text("{}\n")
+    assert fresh_run_dir(run).name == "2026-01-01_00-00-00_42_2"
