@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from agent.config import validate_common
-from agent.errors import DataError
+from agent.errors import ConfigError, DataError
 from agent.logger import Logger, setup_logging
 from agent.utils import resolve_device, set_seed
 
@@ -25,7 +26,11 @@ class BaseAgent(ABC):
     """
 
     def __init__(self, cfg: DictConfig) -> None:
-        OmegaConf.resolve(cfg)
+        try:
+            OmegaConf.resolve(cfg)
+        except (OmegaConfBaseException, ValueError, ArithmeticError) as exc:  # bad `${eval:...}`, unknown `${key}`
+            msg = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"the config does not resolve: {msg}; check that interpolation") from exc
         validate_common(cfg)
         self.validate(cfg)
         self.cfg = cfg

@@ -6,7 +6,9 @@
 `base_policy_path` may be a pretraining checkpoint (evaluated with its EMA weights, `ft_denoising_steps=0`; the
 reference evaluated the non-EMA weights, quirk 8) or a fine-tuning checkpoint (the frozen base runs the first
 denoising steps and the fine-tuned copy the last `ft_denoising_steps`, which must equal the checkpoint's: a
-mismatch is a `ConfigError`, never silently another policy).
+mismatch is a `ConfigError`, never silently another policy). Algorithms that choose actions with more than the
+policy (DIPO acts with its target actor, IDQL picks among candidates with its critics) are rebuilt from the
+checkpoint and evaluated the way they were evaluated in training.
 
 Reports mean return, success rate, mean episode length and the episode count over `n_episodes` episodes (one per
 env by default, each env's first ones, so short episodes are not favoured) or, with `n_episodes: null`, over the
@@ -19,8 +21,10 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from agent.base import BaseAgent, load_normalization
@@ -31,6 +35,33 @@ from agent.finetune.base import make_env, run_episodes
 from agent.finetune.loading import build_policy, find_checkpoint, load_policy_weights, pretrain_command
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_actor(ckpt: dict, policy: torch.nn.Module, device: torch.device) -> Any:
+    """What acts in evaluation: `policy`, or, for a fine-tuning checkpoint of an algorithm with its own action
+    selection (a `ReplayAlgorithm` that overrides `act`), that algorithm rebuilt from the checkpoint's config and
+    state around `policy`, seen through `ActingPolicy` (so `sample` routes through `act`)."""
+    from hydra.utils import get_class
+
+    from agent.finetune.replay import ActingPolicy, ReplayAlgorithm
+
+    target = (ckpt.get("config") or {}).get("_target_")
+    if ckpt.get("kind") != "finetune" or not target or "algorithm" not in ckpt:
+        return policy
+    try:
+        algorithm_class = getattr(get_class(target), "algorithm_class", None)
+    except Exception:  # a checkpoint from a renamed or removed agent: its policy weights are all there is
+        return policy
+    if not (isinstance(algorithm_class, type) and issubclass(algorithm_class, ReplayAlgorithm)):
+        return policy
+    if algorithm_class.act is ReplayAlgorithm.act:
+        return policy
+    algorithm = algorithm_class.from_config(OmegaConf.create(ckpt["config"]), policy, device)
+    algorithm.load_state_dict(ckpt["algorithm"])
+    for module in algorithm.modules.values():
+        module.eval()
+    log.info("actions are chosen by %s.act, as in its training evaluations", algorithm_class.__name__)
+    return ActingPolicy(algorithm)
 
 
 class EvalAgent(BaseAgent):
@@ -67,6 +98,7 @@ class EvalAgent(BaseAgent):
         self.policy = build_policy(c)
         self.checkpoint_kind = load_policy_weights(self.policy, ckpt, c, self.checkpoint_path, for_eval=True)
         self.policy.to(self.device).eval()
+        self.actor = checkpoint_actor(ckpt, self.policy, self.device)
         log.info("evaluating the %s checkpoint %s", self.checkpoint_kind, self.checkpoint_path)
         norm = ckpt.get("normalization")
         ckpt_norm = {k: np.asarray(v) for k, v in norm.items()} if norm else None
@@ -80,7 +112,7 @@ class EvalAgent(BaseAgent):
         try:
             result = run_episodes(
                 self.env,
-                self.policy,
+                self.actor,
                 act_steps=int(c.act_steps),
                 device=self.device,
                 n_steps=OmegaConf.select(c, "n_steps", default=None),

@@ -16,6 +16,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from agent.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -75,15 +77,24 @@ class Logger:
         if wandb_cfg is not None:
             import wandb  # lazy: wandb is slow to import
 
-            self._wandb = wandb.init(
-                entity=wandb_cfg.get("entity") or None,
-                project=wandb_cfg.get("project") or "dppo",
-                name=wandb_cfg.get("run") or None,
-                mode=wandb_cfg.get("mode") or os.environ.get("WANDB_MODE") or "online",
-                dir=str(self.logdir),
-                config=config,
-                resume="allow",
-            )
+            mode = wandb_cfg.get("mode") or os.environ.get("WANDB_MODE") or "online"
+            try:
+                self._wandb = wandb.init(
+                    entity=wandb_cfg.get("entity") or None,
+                    project=wandb_cfg.get("project") or "dppo",
+                    name=wandb_cfg.get("run") or None,
+                    mode=mode,
+                    dir=str(self.logdir),
+                    config=config,
+                    resume="allow",
+                )
+            except Exception as exc:  # no login, no network, a bad entity: say how to go on
+                self._file.close()
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(
+                    f"wandb could not start in mode {mode!r} ({first}); run `wandb login`, or set "
+                    "WANDB_MODE=offline, or pass wandb=null"
+                ) from exc
 
     def log(self, metrics: Mapping[str, Any], step: int, console: bool = True) -> None:
         """Record `metrics` at `step` (an epoch, iteration or env-step count chosen by the agent)."""

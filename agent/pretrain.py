@@ -149,12 +149,13 @@ class PretrainAgent(BaseAgent):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.n_batches += 1
+        # As DPPO: the global batch counter is tested before it is incremented (EMA steps at batches 0, 10, 20...).
         if self.n_batches % t.update_ema_freq == 0:
             if self.epoch < t.epoch_start_ema:
                 self.ema.copy_from_model()
             else:
                 self.ema.update()
+        self.n_batches += 1
         return loss.detach()
 
     def train_epoch(self) -> float:

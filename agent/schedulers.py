@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
+
+from agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class CosineWarmupRestarts:
@@ -28,11 +33,19 @@ class CosineWarmupRestarts:
         max_lr: float | None = None,
     ) -> None:
         if first_cycle_steps < 1:
-            raise ValueError(f"lr_scheduler.first_cycle_steps must be >= 1, got {first_cycle_steps}")
-        if not 0 <= warmup_steps < first_cycle_steps:
-            raise ValueError(
-                f"lr_scheduler.warmup_steps must be in [0, first_cycle_steps={first_cycle_steps}), got {warmup_steps}"
+            raise ConfigError(f"lr_scheduler.first_cycle_steps must be >= 1, got {first_cycle_steps}")
+        if warmup_steps < 0:
+            raise ConfigError(f"lr_scheduler.warmup_steps must be >= 0, got {warmup_steps}")
+        if warmup_steps >= first_cycle_steps:
+            # A short run (`train.n_epochs=2` on a config with 100 warm-up epochs) keeps working: the warm-up is
+            # shortened to fit the cycle instead of stopping the run.
+            log.warning(
+                "lr_scheduler.warmup_steps=%d does not fit in first_cycle_steps=%d; using %d warm-up steps",
+                warmup_steps,
+                first_cycle_steps,
+                first_cycle_steps - 1,
             )
+            warmup_steps = first_cycle_steps - 1
         self.optimizer = optimizer
         self.first_cycle_steps = int(first_cycle_steps)
         self.warmup_steps = int(warmup_steps)

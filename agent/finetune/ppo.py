@@ -241,11 +241,14 @@ class PPO(OnPolicyAlgorithm):
         rows = int(get("train.n_steps")) * int(get("env.n_envs")) * k
         bs = get("train.batch_size", 50000)
         require(isinstance(bs, int) and bs >= 1, f"train.batch_size must be an integer >= 1, got {bs!r}")
-        require(
-            bs <= rows,
-            f"train.batch_size={bs} is larger than one rollout's n_steps * n_envs * ft_denoising_steps = {rows} "
-            "(env step x denoising step) rows; lower train.batch_size or raise train.n_steps / env.n_envs",
-        )
+        if bs > rows:  # as the reference: one minibatch of every row (a tiny smoke run, a chain of length one)
+            log.warning(
+                "train.batch_size=%d is larger than one rollout's %d (env step x denoising step) rows "
+                "(n_steps * n_envs * fine-tuned steps); each epoch uses one minibatch of all %d rows",
+                bs,
+                rows,
+                rows,
+            )
         require(
             bs >= 2 or not get("model.norm_adv", True),
             "train.batch_size must be >= 2 to normalise advantages",

@@ -113,6 +113,8 @@ class Unet1D(nn.Module):
             ``Linear(4 dsed, dsed)(Mish(Linear(dsed, 4 dsed)(SinEmb_dsed(t))))``.
         dim: base channel count; level j has ``dim * dim_mults[j]`` channels.
         dim_mults: channel multipliers per level; Ta must be divisible by ``2 ** (len(dim_mults) - 1)``.
+        down_dims: Diffusion Policy's spelling, the channel count per level (e.g. ``[256, 512, 1024]``); when
+            given it replaces ``dim`` / ``dim_mults``.
         kernel_size: convolution kernel size.
         n_groups: GroupNorm groups (None: no GroupNorm, the reference default).
         smaller_encoder: use the small FiLM encoder (act-Linear) even without ``cond_mlp_dims``.
@@ -140,8 +142,13 @@ class Unet1D(nn.Module):
         groupnorm_eps: float = 1e-5,
         activation_type: str = "Mish",
         horizon_steps: int | None = None,
+        down_dims: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        if down_dims is not None:
+            if len(down_dims) < 1:
+                raise ValueError("Unet1D down_dims must have at least one level")
+            dim, dim_mults = 1, [int(d) for d in down_dims]
         if len(dim_mults) < 1:
             raise ValueError("Unet1D dim_mults must have at least one level")
         if kernel_size % 2 == 0:

@@ -70,6 +70,7 @@ def test_pretrain_cli_writes_loadable_checkpoint_and_resumes(tmp_path):
         ([], "dataset file not found"),
         (["horizon_steps=0"], "horizon_steps must be an integer >= 1"),
         (["model.network.mlp_dim=[3]"], "did you mean model.network.mlp_dims"),
+        (["model.network.cond_dim=${nope}"], "the config does not resolve: Interpolation key 'nope' not found"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, extra, message):

@@ -191,3 +191,34 @@ def test_three_seed_sweep_of_ppo_and_dql_is_compared_by_plot_runs(shared_base, t
     table = out.with_suffix(".md").read_text()
     for algo in ("ppo_diffusion_mlp_ta2_td10_tdf10", "dql_diffusion_mlp_ta2_td10"):
         assert f"| {BANDIT} | {algo} | 3 |" in table, table
+
+
+@pytest.mark.parametrize("algo", ["dipo", "idql", "dql"])
+def test_eval_agent_acts_as_the_algorithm_did_in_training(algo: str, shared_base, tmp_dirs: Path):
+    """DIPO's evaluations use its target actor and IDQL's pick the best of N candidates by its critics; the eval
+    agent rebuilds them from the checkpoint instead of silently sampling the raw policy. DQL acts with its policy."""
+    from agent.checkpoint import latest_checkpoint
+    from agent.eval import EvalAgent
+    from agent.finetune.replay import ActingPolicy
+
+    base, norm = shared_base
+    torch.manual_seed(0)
+    trained = agent_class(algo)(baseline_config(algo, base, 2, [f"normalization_path={norm}"]))
+    trained.run()
+    ckpt = latest_checkpoint(trained.logdir)
+    overrides = [*TASK, *DIFFUSION_NET, f"horizon_steps={TE}", f"act_steps={TE}", "env.n_envs=4"]
+    overrides += [f"env.max_episode_steps={TE}", f"base_policy_path={ckpt}", "ft_denoising_steps=0"]
+    evaluator = EvalAgent(compose(CFG_ROOT / "gym/eval/hopper-v2", "eval_diffusion_mlp", overrides))
+    cond = {"state": torch.rand(32, 1, 2) * 2 - 1}
+    if algo == "dql":
+        assert evaluator.actor is evaluator.policy
+        return
+    assert isinstance(evaluator.actor, ActingPolicy)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        got = evaluator.actor.sample(cond, deterministic=True).actions
+        torch.manual_seed(5)
+        want = trained.algorithm.act(cond, deterministic=True)
+    torch.testing.assert_close(got, want)
+    result = evaluator.run()
+    assert result["n_episodes"] == 4

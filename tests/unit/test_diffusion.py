@@ -571,6 +571,15 @@ def test_unet_shapes_and_conditioning(kw: dict) -> None:
     assert (net(x, torch.tensor([3, 3]), cond) - out).abs().max() > 1e-6  # and so does the timestep
 
 
+def test_unet_down_dims_is_dim_times_mults() -> None:
+    torch.manual_seed(0)
+    a = Unet1D(DA, DO, diffusion_step_embed_dim=8, dim=8, dim_mults=(1, 2), kernel_size=3)
+    torch.manual_seed(0)
+    b = Unet1D(DA, DO, diffusion_step_embed_dim=8, down_dims=[8, 16], kernel_size=3)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_unet_horizon_divisibility() -> None:
     with pytest.raises(ValueError, match="divisible"):
         Unet1D(DA, DO, dim=8, dim_mults=(1, 2, 4), horizon_steps=6)

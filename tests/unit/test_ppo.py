@@ -349,7 +349,7 @@ def ppo_cfg(**over):
 @pytest.mark.parametrize(
     "over, message",
     [
-        ({"train.batch_size": 101}, "train.batch_size=101 is larger than one rollout's"),
+        ({"train.batch_size": 0}, "train.batch_size must be an integer >= 1"),
         ({"model.ft_denoising_steps": 0}, "needs at least one fine-tuned denoising step"),
         ({"model.critic": None}, "PPO needs a critic"),
         ({"reward_horizon": 5}, "reward_horizon=5 must be in"),
@@ -361,6 +361,17 @@ def test_validate_config(over, message):
     PPO.validate_config(ppo_cfg())
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         PPO.validate_config(ppo_cfg(**over))
+
+
+def test_batch_larger_than_the_rollout_is_one_minibatch_of_every_row():
+    # a Gaussian policy (chain of length one) with train.batch_size=64 on 2 envs x 8 steps: 16 rows, all used once
+    PPO.validate_config(ppo_cfg(**{"train.batch_size": 10_000}))
+    policy = make_gaussian()
+    ppo = make_ppo(policy, batch_size=10_000)
+    buf = filled_buffer(policy)
+    mbs = list(ppo.minibatches(buf, ppo.old_log_probs(buf, 7)))
+    assert ppo.n_minibatches(buf) == 1 and len(mbs) == 1
+    assert len(mbs[0].step) == buf.n_rows and sorted(mbs[0].returns.tolist()) == sorted(buf.returns.view(-1).tolist())
 
 
 def test_critic_on_distinct_states_gives_the_per_row_loss_and_gradients():

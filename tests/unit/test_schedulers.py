@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from agent.errors import ConfigError
 from agent.schedulers import CosineWarmupRestarts
 
 
@@ -49,5 +50,17 @@ def test_lr_below_min_quirk_is_reproduced():
 
 
 def test_bad_values():
-    with pytest.raises(ValueError, match="warmup_steps"):
-        _sched(first_cycle_steps=10, warmup_steps=10)
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        _sched(first_cycle_steps=10, warmup_steps=-1)
+    with pytest.raises(ConfigError, match="first_cycle_steps"):
+        _sched(first_cycle_steps=0)
+
+
+def test_warmup_longer_than_the_cycle_is_shortened():
+    # robomimic: warmup 100 epochs; a 2-epoch run warms up over 1 step: min_lr, then max_lr at the cycle's end
+    _, s = _sched(max_lr=1e-4, first_cycle_steps=2, warmup_steps=100, min_lr=1e-5)
+    assert s.warmup_steps == 1
+    lrs = [s.get_last_lr()[0]]
+    s.step()
+    lrs.append(s.get_last_lr()[0])
+    assert lrs == pytest.approx([1e-5, 1e-4])
