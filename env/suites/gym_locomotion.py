@@ -50,6 +50,8 @@ def _log_physics_notice() -> None:
 
 
 def _validate_kwargs(name: str, env_kwargs: Mapping[str, Any]) -> None:
+    # Called by make_vec_env in the main process, so the notice is seen even when async workers build the envs.
+    _log_physics_notice()
     if not env_kwargs:
         return
     from gymnasium.envs.registration import load_env_creator
@@ -78,7 +80,6 @@ def make_gym_env(spec: EnvSpec) -> gym.Env:
     Returns:
         env with Box observation (11 or 17,) float64 and Box action (3 or 6,) in [-1, 1].
     """
-    _log_physics_notice()
     kwargs: dict[str, Any] = dict(spec.env_kwargs)
     if spec.render:
         kwargs.update(render_mode="rgb_array", height=spec.render_size[0], width=spec.render_size[1])

@@ -73,3 +73,43 @@ def test_pretrain_config_runs_one_epoch(path: Path, tmp_dirs: Path):
     with torch.no_grad():
         actions = agent.ema.model.sample(agent.dataset.get_batch(torch.arange(3)).cond, deterministic=True).actions
     assert actions.shape == (3, cfg.horizon_steps, cfg.action_dim) and torch.isfinite(actions).all()
+
+
+def _accepted_tasks(script: str) -> set[str] | None:
+    """The `--task` values a dataset script accepts (None: any name, e.g. a converter's output folder)."""
+    if script == "download":
+        from script.dataset.download import DATASETS
+
+        return {task for _, task in DATASETS}
+    if script == "generate_robomimic":
+        from script.dataset.generate_robomimic import TASKS
+
+        return set(TASKS)
+    if script == "generate_locomotion":
+        from script.dataset.generate_locomotion import TASKS
+
+        return set(TASKS)
+    return None
+
+
+@pytest.mark.parametrize(
+    "path", PRETRAIN_CONFIGS, ids=lambda p: f"{p.parent.parent.parent.name}/{p.parent.name}/{p.stem}"
+)
+def test_missing_data_message_names_commands_that_exist_for_this_task(path: Path):
+    import re
+
+    from script.dataset.download import DATASETS
+
+    cfg = compose(path.parent, path.stem, ["wandb=null"])
+    hint = cfg.train_dataset.hint
+    folder = Path(cfg.train_dataset_path).parent.name
+    if (cfg.suite, folder) in DATASETS:
+        assert f"download.py --task {folder}`" in hint, hint
+    commands = re.findall(r"`python (script/dataset/\w+)\.py([^`]*)`", hint)
+    assert commands, f"no command in the missing-data hint: {hint}"
+    for script, args in commands:
+        assert (CFG_ROOT.parent / f"{script}.py").is_file(), script
+        task = re.search(r"--task (\S+)", args)
+        accepted = _accepted_tasks(Path(script).name)
+        if task and accepted is not None:
+            assert task.group(1) in accepted, f"{script} does not accept --task {task.group(1)} (hint: {hint})"
