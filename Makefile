@@ -37,6 +37,7 @@ bench:
 	$(PY) script/bench/pretrain.py
 	$(PY) script/bench/envs.py --quick
 	$(PY) script/bench/finetune.py
+	$(PY) script/bench/pixels.py --rollout
 
 quickstart: install
 	$(PY) script/quickstart.py

@@ -246,9 +246,16 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: list[st
         return
     except MissingConfigException as exc:
         folder = Path(config_dir)
-        names = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-        where = f"available there: {', '.join(names)}" if names else "that folder has no configs"
-        raise ConfigError(f"no config {config_name}.yaml in {config_dir}; {where}") from exc
+        if not (folder / f"{config_name}.yaml").is_file():
+            names = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+            where = f"available there: {', '.join(names)}" if names else "that folder has no configs"
+            raise ConfigError(f"no config {config_name}.yaml in {config_dir}; {where}") from exc
+        for override in plain:  # a config group choice that does not exist, e.g. `encoder=resnt`
+            key, _, value = override.partition("=")
+            options = config_group_options(config_dir, key)
+            if options is not None and value not in options:
+                raise ConfigError(f"{key}={value} is not a choice; {key}= takes one of {', '.join(options)}") from exc
+        raise ConfigError(f"cannot compose the config: {_first_line(exc)}") from exc
     except ConfigCompositionException as exc:
         cause = exc.__cause__ or exc
         base = compose(config_dir, config_name, [])
@@ -256,8 +263,30 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: list[st
             key = override.split("=", 1)[0]
             if key.startswith(("+", "~")) or OmegaConf.select(base, key, default="__missing__") != "__missing__":
                 continue
+            options = config_group_options(config_dir, key)
+            if options is not None:  # a choice such as `encoder=`: fine if this config has it
+                try:
+                    compose(config_dir, config_name, [override])
+                    continue
+                except ConfigCompositionException:
+                    raise ConfigError(
+                        f"{config_name} has no `{key}` choice; {key}={'|'.join(options)} applies only to configs "
+                        f"whose defaults use cfg/{key}/"
+                    ) from exc
             raise ConfigError(f"{key} is not a key of this config; {_suggest(base, key)}") from exc
         raise ConfigError(f"cannot compose the config: {_first_line(cause)}") from exc
+
+
+def config_group_options(config_dir: str | Path, key: str) -> list[str] | None:
+    """The options of config group `key` (a folder of the config dir or of `cfg/`, e.g. `encoder` -> resnet, vit);
+    None when `key` names no config group (a plain config key such as `train.n_epochs`)."""
+    if not key or key.startswith(("+", "~", "hydra")) or "." in key:
+        return None
+    for root in (Path(config_dir), CFG_ROOT):
+        folder = root / key.split("@", 1)[0]
+        if folder.is_dir() and any(folder.glob("*.yaml")):
+            return sorted(p.stem for p in folder.glob("*.yaml"))
+    return None
 
 
 def _suggest(cfg: DictConfig, key: str) -> str:

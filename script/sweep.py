@@ -16,7 +16,8 @@ composing any job, to a config in which the swept group is still empty, so `key=
 is not in struct". This script runs that command (in this process, through script/run.py) and
 
 * first composes every named config with the overrides (sweeps at their first value), so a wrong key is one line
-  with a suggestion, as with script/run.py; then writes the plain ones as `++key=value`;
+  with a suggestion, as with script/run.py; then writes the plain ones as `++key=value` (a config group choice
+  such as `encoder=resnet` as the one-value sweep `encoder=choice(resnet)`);
 * puts the sweep's runs under one root: `logdir=<root>/${name}/seed${seed}_job${hydra:job.num}` (each combination
   its own run folder) and `hydra.sweep.dir=<root>/hydra`.
 
@@ -48,7 +49,7 @@ def prepare_overrides(config_dir: str, config_names: list[str], overrides: list[
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from agent.config import check_overrides
+    from agent.config import check_overrides, config_group_options
 
     parser = OverridesParser.create()
     checked, out = [], []
@@ -65,6 +66,11 @@ def prepare_overrides(config_dir: str, config_names: list[str], overrides: list[
             continue
         checked.append(text)
         plain = not (override.is_add() or override.is_force_add() or override.is_delete())
+        if plain and config_group_options(config_dir, override.get_key_element()) is not None:
+            # a config group choice (`encoder=resnet`): `++` is refused for groups, and outside a sweep Hydra
+            # applies it to the still empty config; a one-value sweep applies it to each job instead
+            out.append(f"{override.get_key_element()}=choice({override.get_value_element_as_str()})")
+            continue
         out.append(f"++{text}" if plain else text)
     for name in config_names:
         check_overrides(config_dir, name, checked)

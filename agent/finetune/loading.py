@@ -13,11 +13,16 @@ Which weights are loaded (reference 9.2, with two deliberate fixes):
 
 Before any weights are loaded, the checkpoint's own config is compared with this one (dims, horizons, denoising
 steps, the policy class and every `model.network` key), and a difference is a `ConfigError` naming the key.
+
+Checkpoints written by DPPO itself (reference 9.1: the published ones that `script/dataset/download.py` fetches)
+hold the same tensors under other names; `from_dppo_checkpoint` renames them into this toolkit's (see
+`dppo_key_map` for the rules) before the steps above, and a name it cannot place is a `ConfigError` naming it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,10 @@ from torch import nn
 from agent.checkpoint import latest_checkpoint
 from agent.config import instantiate
 from agent.errors import ConfigError, DataError
+from model.common.critic import CriticObs
+from model.common.mlp import MLP, ResidualBlock
+from model.gaussian.mlp import GaussianMLP
+from model.gmm.mlp import GMMMLP
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +169,22 @@ def check_compatible(ckpt: Mapping[str, Any], cfg: DictConfig, path: Path, uses_
         if key in TUNABLE_NETWORK_KEYS:
             continue
         if _plain(saved_net[key]) != _plain(our_net[key]):
+            theirs, ours = (_encoder_choice(net.get(key)) for net in (saved_net, our_net))
+            if key == "encoder" and theirs != ours and theirs is not None:
+                raise ConfigError(
+                    f"base_policy_path {path} was trained with encoder={theirs} (model.network.encoder) but this "
+                    f"config has encoder={ours}; add encoder={theirs} to the command line"
+                )
             raise mismatch(f"model.network.{key}", saved_net[key], our_net[key])
+
+
+# The image encoder classes of the `encoder=` choice (cfg/encoder/), for a one-line mismatch message.
+ENCODER_CHOICES = {"model.encoder.vit.ViTEncoder": "vit", "model.encoder.resnet.ResNetEncoder": "resnet"}
+
+
+def _encoder_choice(node: Any) -> str | None:
+    target = node.get("_target_") if isinstance(node, Mapping) else None
+    return ENCODER_CHOICES.get(target, target) if isinstance(target, str) else None
 
 
 def _load_tolerant(policy: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -215,6 +239,8 @@ def load_policy_weights(
         ConfigError: incompatible config, K' mismatch, or weights that do not fit.
     """
     diffusion = is_diffusion(policy)
+    if is_dppo_checkpoint(ckpt):
+        ckpt = from_dppo_checkpoint(ckpt, policy, path)
     check_compatible(ckpt, cfg, path, diffusion)
     kind = checkpoint_kind(ckpt)
     ours = int(getattr(policy, "ft_denoising_steps", 0) or 0) if diffusion else 0
@@ -245,3 +271,246 @@ def load_policy_weights(
     else:
         _load_tolerant(policy, ckpt["ema"], path)
     return kind
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DPPO-format checkpoints (reference 9.1)
+#
+# DPPO saves {"epoch", "model", "ema"} (pretraining) or {"itr", "model"} (fine-tuning) with no "kind" and no
+# config. Its networks hold the same tensors as ours under other module names:
+#
+#   what (our class)                  ours                                  DPPO
+#   plain MLP (MLP), layer i          <mlp>.layers.<j>  (flat Sequential:   <mlp>.moduleList.<i>.linear_1
+#                                     Linear [LayerNorm] [Dropout] [act])   <mlp>.moduleList.<i>.norm_1 (LayerNorm)
+#   residual block (ResidualBlock)    <blk>.layers.<j> (Linear 1, 2;        <blk>.l1, <blk>.l2 (norm1, norm2)
+#                                     LayerNorm 1, 2)
+#   ResidualMLP, DiffusionMLP         same names (layers.<k>, time_embedding.<k>, cond_mlp, mlp_mean)
+#   Gaussian, learned std (GaussianMLP)  mean_head / logvar_head           mlp_mean / mlp_logvar .moduleList.0.linear_1
+#   Gaussian/GMM learned fixed std    std.logvar  (GMM: (M, Da))            logvar  (GMM: flat (M * Da,))
+#   GMM mixture logits (GMMMLP)       mlp_logits                            mlp_weights
+#   state critic (CriticObs)          mlp                                   Q1
+#   Q critic (CriticObsAct)           Q1, Q2                                Q1, Q2
+#
+# The table of names is generated from the module the weights go into (`dppo_key_map`), so every option that
+# changes our flat layer indices (LayerNorm, dropout, Identity activations) is accounted for. DPPO's
+# `logvar_min`/`logvar_max` are dropped: here the std bounds always come from the config (quirk 7, see
+# model/gaussian/mlp.py). Other networks (UNet, transformers, pixel encoders) keep their names and therefore load
+# only if DPPO's names happen to be ours; otherwise the keys are reported as unmatched.
+
+# Children renamed on the way to DPPO's names (per class of the parent module).
+_DPPO_CHILD_NAMES: dict[type, dict[str, str]] = {
+    GaussianMLP: {"mean_head": "mlp_mean.moduleList.0.linear_1", "logvar_head": "mlp_logvar.moduleList.0.linear_1"},
+    GMMMLP: {"mlp_logits": "mlp_weights"},
+    CriticObs: {"mlp": "Q1"},
+}
+# Children whose tensors DPPO keeps on the parent: the Gaussian/GMM StateIndependentStd (std.logvar -> logvar).
+_MERGED_CHILDREN = frozenset({"std"})
+# Key segments only DPPO's modules have, used to recognise its checkpoints.
+_DPPO_SEGMENT = re.compile(r"(^|\.)(moduleList|linear_1|l1|l2|norm1|norm2|logvar_min|logvar_max|mlp_weights)(\.|$)")
+# Modules of DPPO's fine-tuning models that are not part of the policy (the algorithm's critics and targets).
+_DPPO_ALGORITHM_MODULES = frozenset({"critic", "critic_target", "critic_q", "target_q", "critic_v", "actor_target"})
+_TDF_RE = re.compile(r"_tdf(\d+)(?:_|$)")
+
+
+def _own_tensor_names(module: nn.Module) -> list[str]:
+    """Names of the parameters and persistent buffers registered on `module` itself (not its children)."""
+    names = [n for n, _ in module.named_parameters(recurse=False)]
+    skip = getattr(module, "_non_persistent_buffers_set", set())
+    return names + [n for n, _ in module.named_buffers(recurse=False) if n not in skip]
+
+
+def _add_dppo_names(module: nn.Module, ours: str, theirs: str, out: dict[str, str]) -> None:
+    for name in _own_tensor_names(module):
+        out[ours + name] = theirs + name
+    if isinstance(module, MLP):  # flat Sequential -> moduleList.<layer>.{linear_1, norm_1}
+        layer = -1
+        for j, child in enumerate(module.layers):
+            if isinstance(child, nn.Linear):
+                layer += 1
+                _add_dppo_names(child, f"{ours}layers.{j}.", f"{theirs}moduleList.{layer}.linear_1.", out)
+            elif isinstance(child, nn.LayerNorm):
+                _add_dppo_names(child, f"{ours}layers.{j}.", f"{theirs}moduleList.{layer}.norm_1.", out)
+            else:  # dropout, activations: no tensors, but keep any there are under our names
+                _add_dppo_names(child, f"{ours}layers.{j}.", f"{theirs}moduleList.{layer}.{j}.", out)
+        return
+    if isinstance(module, ResidualBlock):  # [LN] act Linear [LN] act Linear -> norm1 l1 norm2 l2
+        counts = {nn.Linear: 0, nn.LayerNorm: 0}
+        for j, child in enumerate(module.layers):
+            kind = type(child) if type(child) in counts else None
+            if kind is None:
+                _add_dppo_names(child, f"{ours}layers.{j}.", f"{theirs}layers.{j}.", out)
+                continue
+            counts[kind] += 1
+            name = f"{'l' if kind is nn.Linear else 'norm'}{counts[kind]}"
+            _add_dppo_names(child, f"{ours}layers.{j}.", f"{theirs}{name}.", out)
+        return
+    renames = _DPPO_CHILD_NAMES.get(type(module), {})
+    for name, child in module.named_children():
+        if name in _MERGED_CHILDREN:
+            target = theirs
+        else:
+            target = f"{theirs}{renames.get(name, name)}."
+        _add_dppo_names(child, f"{ours}{name}.", target, out)
+
+
+def dppo_key_map(module: nn.Module) -> dict[str, str]:
+    """DPPO's name for every key of `module.state_dict()` (our key -> DPPO key); see the table above.
+
+    Works on any module: a policy (`network.*`, `actor_ft.*`, `eta.*`), a bare network, or a critic.
+    """
+    out: dict[str, str] = {}
+    _add_dppo_names(module, "", "", out)
+    for key in module.state_dict():  # anything the walk did not reach keeps its name
+        out.setdefault(key, key)
+    return out
+
+
+def is_dppo_checkpoint(ckpt: Mapping[str, Any]) -> bool:
+    """Whether `ckpt` was written by DPPO rather than this toolkit.
+
+    This toolkit always writes "kind" and "config"; DPPO writes neither, and its module names (`moduleList`,
+    `l1`, `logvar_min`, ...) never occur in ours.
+    """
+    if "kind" in ckpt:
+        return False
+    keys = [k for part in ("model", "ema") if isinstance(ckpt.get(part), Mapping) for k in ckpt[part]]
+    if any(_DPPO_SEGMENT.search(str(k)) for k in keys):
+        return True
+    return "config" not in ckpt and ("epoch" in ckpt or "itr" in ckpt)
+
+
+def _unmatched_error(path: Path, keys: list[str]) -> ConfigError:
+    shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+    return ConfigError(
+        f"{path} is a DPPO checkpoint whose keys do not map onto this policy: {shown}; only MLP-based diffusion, "
+        "Gaussian and GMM networks (and their critics) are translated, so check model.network against the "
+        "policy that wrote it"
+    )
+
+
+def translate_dppo_state_dict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, drop: Iterable[str] = ()
+) -> dict[str, torch.Tensor]:
+    """Rename a DPPO state dict into `module`'s key names (tensors are not copied).
+
+    Args:
+        module: what the weights are for (its `dppo_key_map` defines the names).
+        state: DPPO's state dict.
+        path: the checkpoint's path (for messages).
+        drop: top-level module names to leave out (e.g. DPPO's duplicate `actor`).
+
+    Returns:
+        the state dict under our names. DPPO's `logvar_min`/`logvar_max` are left out (the config's bounds apply);
+        a GMM's flat learned `logvar` (M * Da,) is reshaped to ours (M, Da).
+
+    Raises:
+        ConfigError: naming the DPPO keys that have no place in `module`.
+    """
+    ours_of = {theirs: ours for ours, theirs in dppo_key_map(module).items()}
+    targets = module.state_dict()
+    drop = set(drop)
+    out: dict[str, torch.Tensor] = {}
+    unmatched: list[str] = []
+    for key, value in state.items():
+        if key.split(".", 1)[0] in drop:
+            continue
+        ours = ours_of.get(key)
+        if ours is None:
+            if key.rsplit(".", 1)[-1] in ("logvar_min", "logvar_max"):
+                log.info(
+                    "%s: %s=%.4g from the checkpoint is not used (the config's std bounds apply)",
+                    path,
+                    key,
+                    float(value),
+                )
+                continue
+            unmatched.append(key)
+            continue
+        target = targets[ours]
+        if value.shape != target.shape and value.numel() == target.numel() and ours.endswith("logvar"):
+            value = value.reshape(target.shape)
+        out[ours] = value
+    if unmatched:
+        raise _unmatched_error(path, unmatched)
+    return out
+
+
+def _dppo_ft_steps_hint(path: Path) -> int | None:
+    """K' of a DPPO fine-tuning run: its `.hydra/config.yaml` beside `checkpoint/`, else `_tdf<K'>` in its path."""
+    run = path.parent.parent if path.parent.name == "checkpoint" else path.parent
+    hydra_cfg = run / ".hydra" / "config.yaml"
+    if hydra_cfg.is_file():
+        try:
+            saved = OmegaConf.load(hydra_cfg)
+        except Exception:  # an unreadable side file only loses the hint
+            saved = None
+        for key in ("ft_denoising_steps", "model.ft_denoising_steps"):
+            value = OmegaConf.select(saved, key, default=None, throw_on_resolution_failure=False) if saved else None
+            if isinstance(value, int):
+                return value
+    for folder in (run, run.parent):
+        match = _TDF_RE.search(folder.name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def from_dppo_checkpoint(ckpt: Mapping[str, Any], policy: nn.Module, path: Path) -> dict[str, Any]:
+    """Turn a DPPO checkpoint into this toolkit's layout for `policy` (reference 9.1).
+
+    * Pretraining {"epoch", "model", "ema"}: the EMA weights (`network.*`) are renamed; kind "pretrain".
+    * Fine-tuning {"itr", "model"}: `network.*`, `actor_ft.*` and `eta.*` are renamed into the policy. DPPO's
+      `actor.*` is left out (for diffusion the same frozen module as `network`; for Gaussian/GMM the frozen
+      pretrained copy, while `network` = `actor_ft` is the fine-tuned one), as are the algorithm's critics and
+      targets, which live outside the policy here. A Gaussian/GMM `actor_ft.*` (= `network.*`) is left out too.
+      K' is taken from the run's `.hydra/config.yaml` or a `_tdf<K'>` folder name; without either, the config's
+      ft_denoising_steps is trusted when it is > 0, and is an error when it is 0 while the checkpoint has
+      fine-tuned denoisers (`actor_ft.*`).
+
+    Raises:
+        ConfigError: keys with no place in the policy, or an undeterminable K'.
+    """
+    diffusion = is_diffusion(policy)
+    ours_keys = policy.state_dict()
+    if "ema" in ckpt:
+        model = translate_dppo_state_dict(policy, ckpt["ema"], path)
+        return {"kind": "pretrain", "epoch": ckpt.get("epoch"), "ema": model}
+    state: Mapping[str, torch.Tensor] = ckpt["model"]
+    drop = {"actor"} | {k.split(".", 1)[0] for k in state} & _DPPO_ALGORITHM_MODULES
+    if not diffusion:
+        drop.add("actor_ft")
+    if not any(k.startswith("eta.") for k in ours_keys):
+        drop.add("eta")  # this policy has no eta module (DDPM sampling never reads one)
+    has_ft = any(k.startswith("actor_ft.") for k in state)
+    ft_steps = 0
+    if diffusion and has_ft:
+        ours = int(getattr(policy, "ft_denoising_steps", 0) or 0)
+        hint = _dppo_ft_steps_hint(path)
+        if hint is None and ours == 0:
+            raise ConfigError(
+                f"{path} is a DPPO fine-tuning checkpoint with fine-tuned denoising steps (actor_ft) but its "
+                "ft_denoising_steps cannot be determined (no .hydra/config.yaml beside checkpoint/, no _tdf<K> in its "
+                "folder name); set ft_denoising_steps=<the value it was fine-tuned with>"
+            )
+        if hint is None:
+            log.warning("%s: DPPO checkpoint without its K'; trusting ft_denoising_steps=%d", path, ours)
+        ft_steps = ours if hint is None else hint
+        if ft_steps != ours:  # the general check then names both values; nothing to translate into
+            return {"kind": "finetune", "ft_denoising_steps": ft_steps, "model": {}}
+    log.info("%s: DPPO checkpoint; %s not used by the policy", path, sorted(drop & {k.split(".")[0] for k in state}))
+    model = translate_dppo_state_dict(policy, state, path, drop)
+    return {"kind": "finetune", "itr": ckpt.get("itr"), "ft_denoising_steps": ft_steps, "model": model}
+
+
+def dppo_critic_state_dict(critic: nn.Module, ckpt: Mapping[str, Any], path: Path, name: str = "critic") -> dict:
+    """The `name.*` weights of a DPPO fine-tuning checkpoint, renamed for `critic` (CriticObs: Q1 -> mlp;
+    CriticObsAct: Q1/Q2 as they are, their MLPs renamed). For an algorithm that wants to start from DPPO's critic.
+
+    Raises:
+        ConfigError: no such weights, or keys with no place in `critic`.
+    """
+    prefix = f"{name}."
+    state = {k[len(prefix) :]: v for k, v in (ckpt.get("model") or {}).items() if k.startswith(prefix)}
+    if not state:
+        raise ConfigError(f"{path} holds no {name}.* weights")
+    return translate_dppo_state_dict(critic, state, path)

@@ -78,12 +78,16 @@ def timed(fn, repeats: int, device: torch.device) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def write_base_checkpoint(folder: Path) -> Path:
-    pre = compose(PRE_DIR, PRE_NAME, ["wandb=null"])
+def write_base_checkpoint(
+    folder: Path, pre_dir: Path = PRE_DIR, pre_name: str = PRE_NAME, overrides: tuple[str, ...] = ()
+) -> Path:
+    """An untrained pretraining checkpoint of `pre_dir/pre_name` (identity normalization): throughput does not
+    depend on the weights."""
+    pre = compose(pre_dir, pre_name, ["wandb=null", *overrides])
     OmegaConf.resolve(pre)
     sd = instantiate(pre.model, "model").state_dict()
-    ones = np.ones
-    norm = {"obs_min": -ones(11), "obs_max": ones(11), "action_min": -ones(3), "action_max": ones(3)}
+    do, da, ones = int(pre.obs_dim), int(pre.action_dim), np.ones
+    norm = {"obs_min": -ones(do), "obs_max": ones(do), "action_min": -ones(da), "action_max": ones(da)}
     payload = {"kind": "pretrain", "model": sd, "ema": sd, "config": OmegaConf.to_container(pre), "normalization": norm}
     return save_checkpoint(folder / "checkpoint" / "state_1.pt", payload)
 

@@ -2,10 +2,17 @@
 
     python script/bench/pixels.py [--device auto] [--steps 20] [--configs vit-mlp resnet-mlp] [--batch-size 256]
     python script/bench/pixels.py --sampling        # also: DDPM K=100 rollout chunks/s, encode-once vs per-step
+    python script/bench/pixels.py --rollout [--n-envs 2]  # also: pixel rollout env steps/s, rendering included
 
 Uses the real pixel configs (`cfg/robomimic/pretrain/<task>/pre_*_img`, 96x96 images, the configs' batch size 256)
-and the real `PretrainAgent` on a generated dataset; the ResNet rows swap `model.network.encoder` for
-`cfg/common/policy/encoder_resnet_img.yaml`. Numbers depend on the device: compare rows from one machine only.
+and the real `PretrainAgent` on a generated dataset; the ResNet rows compose the config with `encoder=resnet`
+(`cfg/common/policy/encoder_resnet_img.yaml` in place of the ViT). Numbers depend on the device: compare rows from
+one machine only.
+
+`--rollout` builds `cfg/robomimic/finetune/can/ft_ppo_diffusion_mlp_img` (96x96 eye-in-hand camera rendered
+offscreen, DDIM 5 of 100 steps, ViT actor and critic) with `PPOAgent` from an untrained base checkpoint and reports
+env steps/s of the wrapped vector env with random actions (rendering only) and of `PPOAgent.collect` (policy
+chunks with chains + rendering + env + buffer), so the policy's share of a pixel rollout is visible.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf, open_dict
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -28,16 +34,16 @@ sys.path.insert(0, str(REPO))
 from agent.config import CFG_ROOT, compose  # noqa: E402
 from agent.pretrain import PretrainAgent  # noqa: E402
 
-# name: (config folder, config name, encoder piece replacing the config's encoder or None)
+# name: (config folder, config name, `encoder=` choice or None for the config's own ViT)
 CONFIGS = {
     "vit-mlp": ("robomimic/pretrain/can", "pre_diffusion_mlp_img", None),
-    "resnet-mlp": ("robomimic/pretrain/can", "pre_diffusion_mlp_img", "encoder_resnet_img"),
+    "resnet-mlp": ("robomimic/pretrain/can", "pre_diffusion_mlp_img", "resnet"),
     "vit-unet": ("robomimic/pretrain/can", "pre_diffusion_unet_img", None),
-    "resnet-unet": ("robomimic/pretrain/can", "pre_diffusion_unet_img", "encoder_resnet_img"),
+    "resnet-unet": ("robomimic/pretrain/can", "pre_diffusion_unet_img", "resnet"),
     "vit-transformer": ("robomimic/pretrain/can", "pre_diffusion_transformer_img", None),
     "vit-gaussian": ("robomimic/pretrain/can", "pre_gaussian_mlp_img", None),
     "vit-mlp-2cam": ("robomimic/pretrain/transport", "pre_diffusion_mlp_img", None),
-    "resnet-mlp-2cam": ("robomimic/pretrain/transport", "pre_diffusion_mlp_img", "encoder_resnet_img"),
+    "resnet-mlp-2cam": ("robomimic/pretrain/transport", "pre_diffusion_mlp_img", "resnet"),
 }
 DEFAULT = ["vit-mlp", "resnet-mlp", "vit-unet", "vit-transformer", "vit-gaussian", "vit-mlp-2cam"]
 
@@ -113,7 +119,7 @@ class PerStepEncoding(torch.nn.Module):
 
 
 def build(key: str, args: argparse.Namespace, tmp: str) -> PretrainAgent:
-    folder, name, encoder_piece = CONFIGS[key]
+    folder, name, encoder = CONFIGS[key]
     probe = compose(CFG_ROOT / folder, name, ["wandb=null"])
     shape = tuple(int(s) for s in probe.shape_meta.obs.rgb.shape)
     data = Path(tmp) / f"{probe.env}-{shape[0]}.npz"
@@ -122,13 +128,45 @@ def build(key: str, args: argparse.Namespace, tmp: str) -> PretrainAgent:
     overrides = [f"device={args.device}", "wandb=null", f"train_dataset_path={data}", f"log_dir={tmp}/log"]
     if args.batch_size:
         overrides.append(f"train.batch_size={args.batch_size}")
+    if encoder is not None:
+        overrides.append(f"encoder={encoder}")
     cfg = compose(CFG_ROOT / folder, name, overrides)
-    if encoder_piece is not None:
-        with open_dict(cfg):
-            cfg.model.network.encoder = OmegaConf.load(CFG_ROOT / "common" / "policy" / f"{encoder_piece}.yaml")
     agent = PretrainAgent(cfg)
     agent.epoch = cfg.train.epoch_start_ema  # measure the steady state (EMA lerp, not copy)
     return agent
+
+
+def rollout_rates(args: argparse.Namespace, tmp: str) -> tuple[float, float, int]:
+    """(random-action env steps/s, rollout env steps/s through PPOAgent.collect, n_envs) for can from pixels."""
+    from agent.finetune.ppo import PPOAgent
+    from script.bench.finetune import write_base_checkpoint
+
+    folder, name = CFG_ROOT / "robomimic/finetune/can", "ft_ppo_diffusion_mlp_img"
+    base = write_base_checkpoint(Path(tmp) / "pre_img", CFG_ROOT / "robomimic/pretrain/can", "pre_diffusion_mlp_img")
+    overrides = [
+        f"device={args.device}",
+        "wandb=null",
+        f"log_dir={tmp}/log",
+        f"base_policy_path={base}",
+        f"env.n_envs={args.n_envs}",
+        f"train.n_steps={args.rollout_steps}",
+        "train.batch_size=64",
+    ]
+    agent = PPOAgent(compose(folder, name, overrides))
+    env, te, da = agent.env, agent.act_steps, int(agent.cfg.action_dim)
+    try:
+        env.reset(seed=0)
+        actions = np.random.default_rng(0).uniform(-1, 1, (args.rollout_steps, args.n_envs, te, da))
+        n, t0 = 0, time.perf_counter()
+        for a in actions.astype(np.float32):
+            n += int(env.step(a)[4]["chunk_steps"].sum())
+        raw = n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        timing = agent.collect()
+        rollout = timing["rollout_env_steps"] / (time.perf_counter() - t0)
+    finally:
+        env.close()
+    return raw, rollout, args.n_envs
 
 
 def main() -> None:
@@ -140,6 +178,9 @@ def main() -> None:
     parser.add_argument("--sampling", action="store_true", help="also time DDPM sampling, encode-once vs per-step")
     parser.add_argument("--n-cond", type=int, default=50, help="observations per sampling call (env.n_envs)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--rollout", action="store_true", help="also time a pixel rollout (can, rendering included)")
+    parser.add_argument("--n-envs", type=int, default=2, help="envs of the pixel rollout")
+    parser.add_argument("--rollout-steps", type=int, default=10, help="chunks per env of the pixel rollout")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,6 +201,7 @@ def main() -> None:
             del agent
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        rollout = rollout_rates(args, tmp) if args.rollout else None
     name = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     print(f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads, 96x96 images, {args.steps} steps/run")
     header = f"{'config':<16} {'batch':>5} {'device':<7} {'params':>7} {'encoder':>7} {'end-to-end/s':>13}"
@@ -173,6 +215,11 @@ def main() -> None:
         if args.sampling:
             line += f" {sample[0]:>14,.1f} {sample[1]:>9,.1f}" if sample else f" {'-':>14} {'-':>9}"
         print(line)
+    if rollout is not None:
+        raw, collect, n_envs = rollout
+        print(f"\npixel rollout, can, {n_envs} sync envs, 96x96 eye-in-hand rendered offscreen:")
+        print(f"  env steps/s, random actions (rendering + env): {raw:8.1f}")
+        print(f"  env steps/s, PPOAgent.collect (+ DDIM-5 policy, ViT critic, buffer): {collect:8.1f}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@
     python script/dataset/download.py --list                         # what is known
 
 Files land where the configs read them: `<data>/<suite>/<task>/{train.npz, normalization.npz}` and, for
-checkpoints, DPPO's log layout `<log>/<suite>-pretrain/.../checkpoint/state_<N>.pt` (data = $DPPO_DATA_DIR or
-data/, log = $DPPO_LOG_DIR or log/). Present files are not fetched again (use --force). Without a network, or
+checkpoints, `<log>/<suite>-pretrain/<pretrain_name>/<run>/checkpoint/state_<N>.pt`, inside the folder the
+fine-tuning and eval configs' default `base_policy_path` names (data = $DPPO_DATA_DIR or data/, log = $DPPO_LOG_DIR
+or log/); the few that need a config override say so. They are DPPO-format checkpoints, which
+agent/finetune/loading.py translates on load. Present files are not fetched again (use --force). Without a network, or
 when Google Drive refuses, the script stops with one line naming what failed. Tasks with no published files
 (e.g. kitchen) say how to make the data locally instead.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -113,292 +116,215 @@ DATASETS: dict[tuple[str, str], DatasetSource] = {
 
 @dataclass(frozen=True)
 class CheckpointSource:
-    """A published pre-trained policy: its path under DPPO_LOG_DIR and its Google Drive file id."""
+    """A published pre-trained policy and where it lands under DPPO_LOG_DIR.
+
+    The destination is `<suite>-pretrain/<pretrain_name>/<run>/checkpoint/state_<state>.pt`: `pretrain_name` is the
+    fine-tuning and evaluation configs' `${pretrain_name}` (`<env_name>_pre_<policy>_ta<H>[_td<K>]`), so their default
+    `base_policy_path` (`${log_dir}/<suite>-pretrain/${pretrain_name}`, an experiment folder whose newest run is
+    used) finds the file with no override. DPPO's own avoid names (`avoid_d56_r12_...`) become the configs'
+    (`avoid_m1_...`).
+
+    Attributes:
+        suite: gym, robomimic or d3il.
+        task: the dataset name it belongs to (`hopper-medium-v2`, `can-img`, `avoid_m1`).
+        pretrain_name: the experiment folder name.
+        run: the dated run folder of the published file.
+        state: N of `state_<N>.pt` (DPPO's pretraining epoch).
+        file_id: Google Drive file id.
+        overrides: config overrides the fine-tuning/eval configs need to use it (their defaults differ).
+    """
 
     suite: str
     task: str
-    path: str
+    pretrain_name: str
+    run: str
+    state: int
     file_id: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> str:
+        """The destination relative to DPPO_LOG_DIR."""
+        return f"{self.suite}-pretrain/{self.pretrain_name}/{self.run}/checkpoint/state_{self.state}.pt"
+
+    @property
+    def policy(self) -> str:
+        """The policy name of the configs (`diffusion_mlp`, `gaussian_mlp_img`, ...)."""
+        return re.sub(r"_ta\d+(_td\d+)?$", "", self.pretrain_name.split("_pre_", 1)[1])
+
+    @property
+    def finetune_dir(self) -> str:
+        """`cfg/<suite>/finetune/<dir>` and `cfg/<suite>/eval/<dir>` of the task (gym drops `-medium`)."""
+        if self.suite == "gym":
+            return self.task.replace("-medium-", "-")
+        return self.task.removesuffix("-img")
+
+    def finetune_command(self) -> str:
+        """The DPPO fine-tuning command that starts from this checkpoint."""
+        extra = "".join(f" {o}" for o in self.overrides)
+        return (
+            f"python script/run.py --config-name=ft_ppo_{self.policy} "
+            f"--config-dir=cfg/{self.suite}/finetune/{self.finetune_dir}{extra}"
+        )
 
 
-def _ckpts(suite: str, task: str, folder: str, items: list[tuple[str, str]]) -> list[CheckpointSource]:
-    return [CheckpointSource(suite, task, f"{folder}/{rel}", fid) for rel, fid in items]
+def _ckpts(suite: str, task: str, env_name: str, items: list[tuple[Any, ...]]) -> list[CheckpointSource]:
+    """Entries `(policy tag, run, state, file id[, overrides])`; the tag is `pretrain_name` after `_pre_`."""
+    return [CheckpointSource(suite, task, f"{env_name}_pre_{item[0]}", *item[1:]) for item in items]
 
 
-# Ids from DPPO's script/download_url.py (get_checkpoint_download_url); paths follow DPPO's config layout.
+# DPPO trained its state-based transport Gaussian/GMM policies with 8-step chunks; this toolkit's transport
+# Gaussian/GMM configs default to horizon_steps=4, so these checkpoints need the override.
+TRANSPORT_TA8 = ("horizon_steps=8", "act_steps=8")
+
+# Ids from DPPO's script/download_url.py (get_checkpoint_download_url); runs and N are DPPO's file names.
 CHECKPOINTS: list[CheckpointSource] = [
     *_ckpts(
         "gym",
         "hopper-medium-v2",
-        "gym-pretrain",
+        "hopper-medium-v2",
         [
-            (
-                "hopper-medium-v2_pre_diffusion_mlp_ta4_td20/2024-06-12_23-10-05/checkpoint/state_3000.pt",
-                "1uV3beg2YuBRh11t7jnRsyd_M9bsFGOkA",
-            ),
+            ("diffusion_mlp_ta4_td20", "2024-06-12_23-10-05", 3000, "1uV3beg2YuBRh11t7jnRsyd_M9bsFGOkA"),
         ],
     ),
     *_ckpts(
         "gym",
         "walker2d-medium-v2",
-        "gym-pretrain",
+        "walker2d-medium-v2",
         [
-            (
-                "walker2d-medium-v2_pre_diffusion_mlp_ta4_td20/2024-06-12_23-06-12/checkpoint/state_3000.pt",
-                "1StopetttozWba4l9u0VT_JW1rYe6kJx2",
-            ),
+            ("diffusion_mlp_ta4_td20", "2024-06-12_23-06-12", 3000, "1StopetttozWba4l9u0VT_JW1rYe6kJx2"),
         ],
     ),
     *_ckpts(
         "gym",
         "halfcheetah-medium-v2",
-        "gym-pretrain",
+        "halfcheetah-medium-v2",
         [
-            (
-                "halfcheetah-medium-v2_pre_diffusion_mlp_ta4_td20/2024-06-12_23-04-42/checkpoint/state_3000.pt",
-                "1o9ryyeZQAsaB4ffUTCJkIaGCi0frL3G4",
-            ),
+            ("diffusion_mlp_ta4_td20", "2024-06-12_23-04-42", 3000, "1o9ryyeZQAsaB4ffUTCJkIaGCi0frL3G4"),
         ],
     ),
     *_ckpts(
         "d3il",
         "avoid_m1",
-        "d3il-pretrain/m1",
+        "avoid_m1",
         [
-            (
-                "avoid_d56_r12_pre_diffusion_mlp_ta4_td20/2024-07-06_22-50-07/checkpoint/state_10000.pt",
-                "1JdEOG0KsCA9EX9zq09DE0xkTB4xy6DNp",
-            ),
-            (
-                "avoid_d56_r12_pre_gaussian_mlp_ta4/2024-07-07_01-35-48/checkpoint/state_10000.pt",
-                "138wEi_rVV5HpcwgH6_3BlXQ1dhgZN05L",
-            ),
-            (
-                "avoid_d56_r12_pre_gmm_mlp_ta4/2024-07-10_14-30-00/checkpoint/state_10000.pt",
-                "1krvEINP6UBfnJG9bEge53h3MNJkTQXe_",
-            ),
+            ("diffusion_mlp_ta4_td20", "2024-07-06_22-50-07", 10000, "1JdEOG0KsCA9EX9zq09DE0xkTB4xy6DNp"),
+            ("gaussian_mlp_ta4", "2024-07-07_01-35-48", 10000, "138wEi_rVV5HpcwgH6_3BlXQ1dhgZN05L"),
+            ("gmm_mlp_ta4", "2024-07-10_14-30-00", 10000, "1krvEINP6UBfnJG9bEge53h3MNJkTQXe_"),
         ],
     ),
     *_ckpts(
         "d3il",
         "avoid_m2",
-        "d3il-pretrain/m2",
+        "avoid_m2",
         [
-            (
-                "avoid_d57_r12_pre_diffusion_mlp_ta4_td20/2024-07-07_13-12-09/checkpoint/state_15000.pt",
-                "1wAmRHzRZ4O5z_ZWDhVg5JFZbugo4cHKA",
-            ),
-            (
-                "avoid_d57_r12_pre_gaussian_mlp_ta4/2024-07-07_02-15-50/checkpoint/state_10000.pt",
-                "1hf_647bJ0EMRhArsfxStSkhgkGaWGhmD",
-            ),
-            (
-                "avoid_d57_r12_pre_gmm_mlp_ta4/2024-07-10_15-44-32/checkpoint/state_10000.pt",
-                "1CE4AcNJp2UITIHpuLUwxp7cDH8Y8jsYC",
-            ),
+            ("diffusion_mlp_ta4_td20", "2024-07-07_13-12-09", 15000, "1wAmRHzRZ4O5z_ZWDhVg5JFZbugo4cHKA"),
+            ("gaussian_mlp_ta4", "2024-07-07_02-15-50", 10000, "1hf_647bJ0EMRhArsfxStSkhgkGaWGhmD"),
+            ("gmm_mlp_ta4", "2024-07-10_15-44-32", 10000, "1CE4AcNJp2UITIHpuLUwxp7cDH8Y8jsYC"),
         ],
     ),
     *_ckpts(
         "d3il",
         "avoid_m3",
-        "d3il-pretrain/m3",
+        "avoid_m3",
         [
-            (
-                "avoid_d58_r12_pre_diffusion_mlp_ta4_td20/2024-07-07_13-54-54/checkpoint/state_15000.pt",
-                "1w5X1lJZd0wI6E2XRdj839TqJ_9EziGRx",
-            ),
-            (
-                "avoid_d58_r12_pre_gaussian_mlp_ta4/2024-07-07_13-11-49/checkpoint/state_10000.pt",
-                "1YIVEN0Ykica9dj_DxxPrB4QJLgv-Ne0N",
-            ),
-            (
-                "avoid_d58_r12_pre_gmm_mlp_ta4/2024-07-10_17-01-50/checkpoint/state_10000.pt",
-                "174tadrqjfxJdOgsMjNbg53goZtIkpW3f",
-            ),
+            ("diffusion_mlp_ta4_td20", "2024-07-07_13-54-54", 15000, "1w5X1lJZd0wI6E2XRdj839TqJ_9EziGRx"),
+            ("gaussian_mlp_ta4", "2024-07-07_13-11-49", 10000, "1YIVEN0Ykica9dj_DxxPrB4QJLgv-Ne0N"),
+            ("gmm_mlp_ta4", "2024-07-10_17-01-50", 10000, "174tadrqjfxJdOgsMjNbg53goZtIkpW3f"),
         ],
     ),
     *_ckpts(
         "robomimic",
         "lift",
-        "robomimic-pretrain/lift",
+        "lift",
         [
-            (
-                "lift_pre_diffusion_unet_ta4_td20/2024-06-29_02-49-45/checkpoint/state_8000.pt",
-                "1T-NGgBmT-UmcVWADygXj873IyWLewvsU",
-            ),
-            (
-                "lift_pre_diffusion_mlp_ta4_td20/2024-06-28_14-47-58/checkpoint/state_5000.pt",
-                "1Ngr-DNxoB9XNCZ2O-NF5p60NzmYlzmWG",
-            ),
-            (
-                "lift_pre_gaussian_mlp_ta4/2024-06-28_14-48-24/checkpoint/state_5000.pt",
-                "157x5_XJy3ZyaPz_7Vr_opXAZ_mPvlmhp",
-            ),
-            (
-                "lift_pre_gaussian_transformer_ta4/2024-06-28_14-49-23/checkpoint/state_5000.pt",
-                "1Z_C8ureDDPXqpDUaRMVKBt3VgfZlIQdE",
-            ),
-            (
-                "lift_pre_gmm_mlp_ta4/2024-06-28_15-30-32/checkpoint/state_5000.pt",
-                "1wFvBoIOaCJVibqEIYSjJxAbxjGkH7RMk",
-            ),
-            (
-                "lift_pre_gmm_transformer_ta4/2024-06-28_14-51-23/checkpoint/state_5000.pt",
-                "1w_3WOXS51debWc1ShgaO2VQx49dj9ky2",
-            ),
+            ("diffusion_unet_ta4_td20", "2024-06-29_02-49-45", 8000, "1T-NGgBmT-UmcVWADygXj873IyWLewvsU"),
+            ("diffusion_mlp_ta4_td20", "2024-06-28_14-47-58", 5000, "1Ngr-DNxoB9XNCZ2O-NF5p60NzmYlzmWG"),
+            ("gaussian_mlp_ta4", "2024-06-28_14-48-24", 5000, "157x5_XJy3ZyaPz_7Vr_opXAZ_mPvlmhp"),
+            ("gaussian_transformer_ta4", "2024-06-28_14-49-23", 5000, "1Z_C8ureDDPXqpDUaRMVKBt3VgfZlIQdE"),
+            ("gmm_mlp_ta4", "2024-06-28_15-30-32", 5000, "1wFvBoIOaCJVibqEIYSjJxAbxjGkH7RMk"),
+            ("gmm_transformer_ta4", "2024-06-28_14-51-23", 5000, "1w_3WOXS51debWc1ShgaO2VQx49dj9ky2"),
         ],
     ),
     *_ckpts(
         "robomimic",
         "lift-img",
-        "robomimic-pretrain/lift",
+        "lift",
         [
-            (
-                "lift_pre_diffusion_mlp_img_ta4_td100/2024-07-30_22-24-35/checkpoint/state_2500.pt",
-                "19hqNicwKKKDrlS5UMr-FLRu51EAW8Z51",
-            ),
-            (
-                "lift_pre_gaussian_mlp_img_ta4/2024-07-28_23-00-48/checkpoint/state_500.pt",
-                "1Uae7K3Hv9XzaAGljG2fjsxYyOEgL03zv",
-            ),
+            ("diffusion_mlp_img_ta4_td100", "2024-07-30_22-24-35", 2500, "19hqNicwKKKDrlS5UMr-FLRu51EAW8Z51"),
+            ("gaussian_mlp_img_ta4", "2024-07-28_23-00-48", 500, "1Uae7K3Hv9XzaAGljG2fjsxYyOEgL03zv"),
         ],
     ),
     *_ckpts(
         "robomimic",
         "can",
-        "robomimic-pretrain/can",
+        "can",
         [
-            (
-                "can_pre_diffusion_unet_ta4_td20/2024-06-29_02-49-45/checkpoint/state_8000.pt",
-                "1s346KCe2aar_tXX7u8rzjRF3kpwVpH5c",
-            ),
-            (
-                "can_pre_diffusion_mlp_ta4_td20/2024-06-28_13-29-54/checkpoint/state_5000.pt",
-                "1L1ZLD1u1Y1YJmRLGzScXbQ02wGS-_cWo",
-            ),
-            (
-                "can_pre_gaussian_mlp_ta4/2024-06-28_13-31-00/checkpoint/state_5000.pt",
-                "1bA-A0p0KnHwrVO3MqjuYdV3dZuuZICMy",
-            ),
-            (
-                "can_pre_gaussian_transformer_ta4/2024-06-28_13-42-20/checkpoint/state_5000.pt",
-                "1cGf7s8aS5grZsGRb5PYZiPogcPRr_lrf",
-            ),
-            (
-                "can_pre_gmm_mlp_ta4/2024-06-28_13-32-19/checkpoint/state_5000.pt",
-                "1KVx8-KICiIHstcjsvhPlQc_pZZ6RxXpd",
-            ),
-            (
-                "can_pre_gmm_transformer_ta4/2024-06-28_13-43-21/checkpoint/state_5000.pt",
-                "1xSgwGG40zdoO2DDSM79l0rMHeNmaifnq",
-            ),
+            ("diffusion_unet_ta4_td20", "2024-06-29_02-49-45", 8000, "1s346KCe2aar_tXX7u8rzjRF3kpwVpH5c"),
+            ("diffusion_mlp_ta4_td20", "2024-06-28_13-29-54", 5000, "1L1ZLD1u1Y1YJmRLGzScXbQ02wGS-_cWo"),
+            ("gaussian_mlp_ta4", "2024-06-28_13-31-00", 5000, "1bA-A0p0KnHwrVO3MqjuYdV3dZuuZICMy"),
+            ("gaussian_transformer_ta4", "2024-06-28_13-42-20", 5000, "1cGf7s8aS5grZsGRb5PYZiPogcPRr_lrf"),
+            ("gmm_mlp_ta4", "2024-06-28_13-32-19", 5000, "1KVx8-KICiIHstcjsvhPlQc_pZZ6RxXpd"),
+            ("gmm_transformer_ta4", "2024-06-28_13-43-21", 5000, "1xSgwGG40zdoO2DDSM79l0rMHeNmaifnq"),
         ],
     ),
     *_ckpts(
         "robomimic",
         "can-img",
-        "robomimic-pretrain/can",
+        "can",
         [
-            (
-                "can_pre_diffusion_mlp_img_ta4_td100/2024-07-30_22-23-55/checkpoint/state_5000.pt",
-                "1siIKDGVHld3ZH8vDqgu9iE5H9KoaYq_Z",
-            ),
-            (
-                "can_pre_gaussian_mlp_img_ta4/2024-07-28_21-54-40/checkpoint/state_1000.pt",
-                "16vUUyVO9DvnDyPtSGiZx4iQP4JxuSAoS",
-            ),
+            ("diffusion_mlp_img_ta4_td100", "2024-07-30_22-23-55", 5000, "1siIKDGVHld3ZH8vDqgu9iE5H9KoaYq_Z"),
+            ("gaussian_mlp_img_ta4", "2024-07-28_21-54-40", 1000, "16vUUyVO9DvnDyPtSGiZx4iQP4JxuSAoS"),
         ],
     ),
     *_ckpts(
         "robomimic",
         "square",
-        "robomimic-pretrain/square",
+        "square",
         [
-            (
-                "square_pre_diffusion_unet_ta4_td20/2024-06-29_02-48-45/checkpoint/state_8000.pt",
-                "11IEgQe0LFI23hn1Cwf6Z_YfJdDilVc0z",
-            ),
-            (
-                "square_pre_diffusion_mlp_ta4_td20/2024-07-10_01-46-16/checkpoint/state_8000.pt",
-                "1lP9mNe2AxMigfOywcaHOOR7FxQ-KR_Ee",
-            ),
-            (
-                "square_pre_gaussian_mlp_ta4/2024-06-28_15-02-32/checkpoint/state_5000.pt",
-                "1rETiyXLz7YgYoHKwLEZa7dFabu4gfJR8",
-            ),
-            (
-                "square_pre_gaussian_transformer_ta4/2024-06-28_15-02-39/checkpoint/state_5000.pt",
-                "1JJQ7KbRWWBB09PLwNRriAUEAl9vjFeCW",
-            ),
-            (
-                "square_pre_gmm_mlp_ta4/2024-06-28_15-03-08/checkpoint/state_5000.pt",
-                "10ujnnOk2Pn-yjE7iW9-RYbApo_aKiNRq",
-            ),
-            (
-                "square_pre_gmm_transformer_ta4/2024-06-28_15-03-15/checkpoint/state_5000.pt",
-                "1LczXhgeNtQfqySsfGNbbviPrlLwyh-E3",
-            ),
+            ("diffusion_unet_ta4_td20", "2024-06-29_02-48-45", 8000, "11IEgQe0LFI23hn1Cwf6Z_YfJdDilVc0z"),
+            ("diffusion_mlp_ta4_td20", "2024-07-10_01-46-16", 8000, "1lP9mNe2AxMigfOywcaHOOR7FxQ-KR_Ee"),
+            ("gaussian_mlp_ta4", "2024-06-28_15-02-32", 5000, "1rETiyXLz7YgYoHKwLEZa7dFabu4gfJR8"),
+            ("gaussian_transformer_ta4", "2024-06-28_15-02-39", 5000, "1JJQ7KbRWWBB09PLwNRriAUEAl9vjFeCW"),
+            ("gmm_mlp_ta4", "2024-06-28_15-03-08", 5000, "10ujnnOk2Pn-yjE7iW9-RYbApo_aKiNRq"),
+            ("gmm_transformer_ta4", "2024-06-28_15-03-15", 5000, "1LczXhgeNtQfqySsfGNbbviPrlLwyh-E3"),
         ],
     ),
     *_ckpts(
         "robomimic",
         "square-img",
-        "robomimic-pretrain/square",
+        "square",
         [
-            (
-                "square_pre_diffusion_mlp_img_ta4_td100/2024-07-30_22-27-34/checkpoint/state_4000.pt",
-                "1miud5SX41xjPoW8yqClRhaFx0Q7EWl3V",
-            ),
-            (
-                "square_pre_gaussian_mlp_img_ta4/2024-07-30_18-44-32/checkpoint/state_4000.pt",
-                "1myB6FOAmt6c6x3ScGKXRULgx826tZVS4",
-            ),
+            ("diffusion_mlp_img_ta4_td100", "2024-07-30_22-27-34", 4000, "1miud5SX41xjPoW8yqClRhaFx0Q7EWl3V"),
+            ("gaussian_mlp_img_ta4", "2024-07-30_18-44-32", 4000, "1myB6FOAmt6c6x3ScGKXRULgx826tZVS4"),
         ],
     ),
     *_ckpts(
         "robomimic",
         "transport",
-        "robomimic-pretrain/transport",
+        "transport",
         [
+            ("diffusion_unet_ta16_td20", "2024-07-04_02-20-53", 8000, "1MNGT8j9x1uudugGUcia-xwP_7f7xVY4K"),
+            ("diffusion_mlp_ta8_td20", "2024-07-08_11-18-59", 8000, "1240FmcDPg_VyXReEtePjBN4MML-OT21C"),
+            ("gaussian_mlp_ta8", "2024-07-10_01-50-52", 5000, "1NOHDNHu1sTabxBd4DZrSrTyX9l1I2GuO", TRANSPORT_TA8),
             (
-                "transport_pre_diffusion_unet_ta16_td20/2024-07-04_02-20-53/checkpoint/state_8000.pt",
-                "1MNGT8j9x1uudugGUcia-xwP_7f7xVY4K",
-            ),
-            (
-                "transport_pre_diffusion_mlp_ta8_td20/2024-07-08_11-18-59/checkpoint/state_8000.pt",
-                "1240FmcDPg_VyXReEtePjBN4MML-OT21C",
-            ),
-            (
-                "transport_pre_gaussian_mlp_ta8/2024-07-10_01-50-52/checkpoint/state_5000.pt",
-                "1NOHDNHu1sTabxBd4DZrSrTyX9l1I2GuO",
-            ),
-            (
-                "transport_pre_gaussian_transformer_ta8/2024-06-28_15-18-16/checkpoint/state_5000.pt",
+                "gaussian_transformer_ta8",
+                "2024-06-28_15-18-16",
+                5000,
                 "1hnt9lX5bg82iFFsAk5FY3TktPXsAhUFU",
+                TRANSPORT_TA8,
             ),
-            (
-                "transport_pre_gmm_mlp_ta8/2024-07-10_01-51-21/checkpoint/state_5000.pt",
-                "1da9yLIu5ahq-ZgIIsG7wqehA5VopFTnt",
-            ),
-            (
-                "transport_pre_gmm_transformer_ta8/2024-06-28_15-18-43/checkpoint/state_5000.pt",
-                "1c0S7WX-U1Kn6n-wWZEQSR1alLPW2eZmi",
-            ),
+            ("gmm_mlp_ta8", "2024-07-10_01-51-21", 5000, "1da9yLIu5ahq-ZgIIsG7wqehA5VopFTnt", TRANSPORT_TA8),
+            ("gmm_transformer_ta8", "2024-06-28_15-18-43", 5000, "1c0S7WX-U1Kn6n-wWZEQSR1alLPW2eZmi", TRANSPORT_TA8),
         ],
     ),
     *_ckpts(
         "robomimic",
         "transport-img",
-        "robomimic-pretrain/transport",
+        "transport",
         [
-            (
-                "transport_pre_diffusion_mlp_img_ta8_td100/2024-07-30_22-30-06/checkpoint/state_8000.pt",
-                "1_UmjNv27_w49XC_EO1WexgreJmC0SEdF",
-            ),
-            (
-                "transport_pre_gaussian_mlp_img_ta8/2024-07-30_21-39-34/checkpoint/state_5000.pt",
-                "1XYOIwOEgOVoUdMmxWuBRAcA5BOS777Kc",
-            ),
+            ("diffusion_mlp_img_ta8_td100", "2024-07-30_22-30-06", 8000, "1_UmjNv27_w49XC_EO1WexgreJmC0SEdF"),
+            ("gaussian_mlp_img_ta8", "2024-07-30_21-39-34", 5000, "1XYOIwOEgOVoUdMmxWuBRAcA5BOS777Kc"),
         ],
     ),
 ]
@@ -585,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise DownloadError(f"no published checkpoint is known for task {task!r}")
                 for ckpt in found:
                     path = download_checkpoint(ckpt, args.log_dir, args.force, args.quiet)
-                    print(f"{task}: checkpoint {path}")
+                    print(f"{task}: checkpoint {path}\n  fine-tune it: {ckpt.finetune_command()}")
     except DownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -245,3 +245,26 @@ def test_robomimic_image_obs_and_video(tmp_path: Path) -> None:
     assert truncated.all() and not terminated.any()
     vec.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["can_env00_ep000.mp4"]
+
+
+@GYM
+def test_mujoco_video_from_spawned_async_workers(tmp_path: Path) -> None:
+    """An async MuJoCo env that renders starts its workers with spawn (fork hangs in EGL) and writes an mp4 of the
+    first sub-env's episode, one frame per env step plus the reset frame."""
+    import imageio.v3 as iio
+
+    config = cfg("hopper-v2", "mujoco_locomotion_lowdim", n_envs=2, To=1, Te=2, asynchronous=True)
+    config.update(max_episode_steps=4, save_video=True, video_dir=str(tmp_path), render_size=[48, 48])
+    vec = make_vec_env(config, seed=0)
+    try:
+        assert [type(p).__name__ for p in vec.env.processes] == ["SpawnProcess"] * 2
+        vec.reset()
+        for _ in range(2):
+            _, _, terminated, truncated, _ = vec.step(np.zeros((2, 2, 3)))
+        assert (terminated | truncated).all()
+    finally:
+        vec.close()
+    videos = sorted(tmp_path.glob("*.mp4"))
+    assert [p.name for p in videos] == ["hopper-v2_env00_ep000.mp4"]
+    frames = iio.imread(videos[0])
+    assert frames.shape[1:] == (48, 48, 3) and len(frames) == 5 and frames.std() > 1

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from script.dataset import common, convert_d4rl, convert_robomimic, download
 
@@ -302,11 +303,23 @@ def test_scripted_lift_hdf5_layout(lift_hdf5: Path) -> None:
         assert data.attrs["total"] == total
 
 
-def test_convert_scripted_lift(lift_hdf5: Path, tmp_path: Path) -> None:
-    s = convert_robomimic.convert_robomimic(lift_hdf5, tmp_path / "lift", val_split=0.5)
-    train = np.load(tmp_path / "lift" / "train.npz")
-    val = np.load(tmp_path / "lift" / "val.npz")
-    norm = np.load(tmp_path / "lift" / "normalization.npz")
+def _load_with_pretrain_config(config_dir: str, data_root: Path, monkeypatch: pytest.MonkeyPatch):
+    """The generated dataset as the pretraining agent reads it: the real config's `train_dataset` block."""
+    from agent.config import CFG_ROOT, compose, instantiate
+
+    monkeypatch.setenv("DPPO_DATA_DIR", str(data_root))
+    cfg = compose(CFG_ROOT / config_dir, "pre_diffusion_mlp", ["wandb=null"])
+    return cfg, instantiate(cfg.train_dataset, "train_dataset")
+
+
+def test_convert_scripted_lift(lift_hdf5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = convert_robomimic.convert_robomimic(lift_hdf5, tmp_path / "robomimic" / "lift", val_split=0.5)
+    cfg, dataset = _load_with_pretrain_config("robomimic/pretrain/lift", tmp_path, monkeypatch)
+    batch = dataset.get_batch(torch.arange(len(dataset)))
+    assert batch.actions.shape == (len(dataset), cfg.horizon_steps, 7) and batch.cond["state"].shape[-1] == 19
+    train = np.load(tmp_path / "robomimic" / "lift" / "train.npz")
+    val = np.load(tmp_path / "robomimic" / "lift" / "val.npz")
+    norm = np.load(tmp_path / "robomimic" / "lift" / "normalization.npz")
     assert (s.n_train_traj, s.n_val_traj) == (1, 1)
     assert train["states"].shape[1] == 19 and train["actions"].shape[1] == 7  # lift Do = 19 (reference 6.4)
     for arr in (train["states"], train["actions"], val["states"], val["actions"]):
@@ -431,13 +444,44 @@ def test_download_errors_are_one_line(tmp_dirs: Path, fake_gdown: FakeGdown) -> 
 
 def test_download_checkpoints(tmp_dirs: Path, fake_gdown: FakeGdown) -> None:
     ckpts = download.checkpoints_for("can")
-    assert len(ckpts) == 6 and all(c.path.startswith("robomimic-pretrain/can/can_pre_") for c in ckpts)
+    assert len(ckpts) == 6 and all(c.path.startswith("robomimic-pretrain/can_pre_") for c in ckpts)
     path = download.download_checkpoint(ckpts[1])
     assert path == tmp_dirs / "log" / ckpts[1].path
     assert path.name.startswith("state_") and path.parent.name == "checkpoint"
     download.download_checkpoint(ckpts[1])
     assert len(fake_gdown.calls) == 1
-    assert {c.path.split("/")[1] for c in download.checkpoints_for("avoid_m3")} == {"m3"}
+    # DPPO's avoid names (avoid_d58_r12_...) become the configs' (avoid_m3_...)
+    assert {c.path.split("/")[1].split("_pre_")[0] for c in download.checkpoints_for("avoid_m3")} == {"avoid_m3"}
+
+
+def _configs_for(source: download.CheckpointSource) -> list[Path]:
+    """Every fine-tuning config (PPO and baselines) and the eval config that would start from `source`."""
+    root = Path(download.REPO) / "cfg" / source.suite
+    found = sorted((root / "finetune" / source.finetune_dir).glob(f"ft_*_{source.policy}.yaml"))
+    return found + sorted((root / "eval" / source.finetune_dir).glob(f"eval_{source.policy}.yaml"))
+
+
+@pytest.mark.parametrize("source", download.CHECKPOINTS, ids=lambda c: c.pretrain_name)
+def test_download_destination_is_the_configs_base_policy_path(
+    source: download.CheckpointSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file lands in the experiment folder every matching config's default base_policy_path names, and
+    resolving that folder (as fine-tuning and eval do) finds exactly the downloaded file."""
+    from agent.config import compose
+    from agent.finetune.loading import resolve_checkpoint
+
+    monkeypatch.setenv("DPPO_LOG_DIR", str(tmp_path / "log"))
+    configs = _configs_for(source)
+    if not configs:
+        pytest.skip(f"no fine-tuning or eval config for {source.pretrain_name}")
+    dest = download.log_dir() / source.path
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"ckpt")
+    for path in configs:
+        cfg = compose(path.parent, path.stem, ["wandb=null", *source.overrides])
+        base = Path(cfg.base_policy_path)
+        assert base / source.run / "checkpoint" / f"state_{source.state}.pt" == dest, path
+        assert resolve_checkpoint(base) == dest, path
 
 
 def test_download_cli_offline_message(tmp_dirs: Path, fake_gdown: FakeGdown, capsys: pytest.CaptureFixture) -> None:
@@ -458,7 +502,9 @@ def test_download_cli_offline_message(tmp_dirs: Path, fake_gdown: FakeGdown, cap
     ("variant", "n_routes"),
     [("m1", 1), ("m2", 2), ("m3", 8)],
 )
-def test_avoid_variants_cover_their_route_families(tmp_path: Path, variant: str, n_routes: int) -> None:
+def test_avoid_variants_cover_their_route_families(
+    tmp_path: Path, variant: str, n_routes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from env.suites.avoid import AvoidLayout
     from script.dataset import generate_avoid
 
@@ -490,6 +536,13 @@ def test_avoid_variants_cover_their_route_families(tmp_path: Path, variant: str,
     assert data["rewards"].sum() == len(ends)
     assert (data["traj_lengths"] < generate_avoid.MAX_STEPS).all()
     assert json.loads((out / "routes.json").read_text())["demos"] == 24
+    # the pretraining config reads it: one window per step that has a full action horizon inside its demo
+    cfg, dataset = _load_with_pretrain_config(f"d3il/pretrain/avoid_{variant}", tmp_path, monkeypatch)
+    assert len(dataset) == int(np.sum(data["traj_lengths"] - cfg.horizon_steps + 1))
+    first = np.concatenate([s0 + np.arange(n - cfg.horizon_steps + 1) for s0, n in zip(starts, data["traj_lengths"])])
+    batch = dataset.get_batch(torch.arange(len(dataset)))
+    np.testing.assert_array_equal(batch.actions[:, 0].numpy(), data["actions"][first])
+    np.testing.assert_array_equal(batch.cond["state"][:, -1].numpy(), data["states"][first])
 
 
 def test_avoid_demos_are_smooth_and_varied() -> None:

@@ -370,3 +370,95 @@ def test_encoder_config_pieces_build_a_pixel_policy(piece):
     loss = model.loss(torch.zeros(2, cfg.horizon_steps, cfg.action_dim), cond)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+# ------------------------------------------------------------------ `encoder=` / `critic_encoder=` config choices
+PIXEL_CONFIGS = [
+    ("robomimic/pretrain/can", "pre_diffusion_mlp_img"),
+    ("robomimic/finetune/can", "ft_ppo_diffusion_mlp_img"),
+]
+SMALL_IMAGES = "shape_meta.obs.rgb.shape=[3,40,40]"  # ResNet-18 needs >= 33 px after its 87.5% crop
+
+
+def build_pixel_policy(folder: str, name: str, overrides: list[str]):
+    """Compose a pixel config and build its policy as pretraining / fine-tuning do."""
+    from hydra.utils import get_class
+
+    from agent.finetune.loading import build_policy
+
+    cfg = compose(CFG_ROOT / folder, name, ["wandb=null", "device=cpu", SMALL_IMAGES, *overrides])
+    algorithm = getattr(get_class(cfg._target_), "algorithm_class", None)
+    return cfg, build_policy(cfg, getattr(algorithm, "model_keys", ()))
+
+
+@pytest.mark.parametrize("choice", ["resnet", None], ids=["encoder=resnet", "default"])
+@pytest.mark.parametrize("where", PIXEL_CONFIGS, ids=lambda w: w[1])
+def test_encoder_choice_replaces_the_policy_encoder(where, choice):
+    """`encoder=resnet` swaps the whole model.network.encoder node (no ViT keys left); the default stays DPPO's ViT.
+    The PPO critic keeps its own choice (`critic_encoder=`, ViT by default)."""
+    cfg, policy = build_pixel_policy(*where, [f"encoder={choice}"] if choice else [])
+    node = cfg.model.network.encoder
+    if choice == "resnet":
+        assert node._target_ == "model.encoder.resnet.ResNetEncoder" and "state_dim" not in node
+        assert isinstance(policy.network.encoder, ResNetEncoder)
+        assert isinstance(policy.network.encoder.augment, RandomCrop)
+    else:
+        assert node._target_ == "model.encoder.vit.ViTEncoder"
+        assert isinstance(policy.network.encoder, ViTEncoder)
+        assert isinstance(policy.network.encoder.augment, RandomShift)
+    b = 2
+    cond = {"rgb": rgb_batch(b, cfg.img_cond_steps, 3, 40), "state": torch.randn(b, cfg.cond_steps, cfg.obs_dim)}
+    x = torch.randn(b, cfg.horizon_steps, cfg.action_dim)
+    with torch.no_grad():
+        out = policy.network(x, torch.zeros(b, dtype=torch.long), cond)
+    assert out.shape == (b, cfg.horizon_steps, cfg.action_dim) and torch.isfinite(out).all()
+    if "critic" in cfg.model:
+        assert cfg.model.critic.encoder._target_ == "model.encoder.vit.ViTEncoder"
+
+
+@pytest.mark.parametrize("choice", ["resnet", "vit"])
+def test_critic_encoder_choice(choice):
+    cfg = compose(
+        CFG_ROOT / PIXEL_CONFIGS[1][0], PIXEL_CONFIGS[1][1], ["wandb=null", SMALL_IMAGES, f"critic_encoder={choice}"]
+    )
+    assert cfg.model.network.encoder._target_ == "model.encoder.vit.ViTEncoder"  # the policy's choice is apart
+    critic = instantiate(cfg.model.critic, "model.critic")
+    assert isinstance(critic.encoder, ResNetEncoder if choice == "resnet" else ViTEncoder)
+    assert critic.encoder.augment is None  # the stored images are shifted instead (train.augment)
+    cond = {"rgb": rgb_batch(3, cfg.img_cond_steps, 3, 40), "state": torch.randn(3, cfg.cond_steps, cfg.obs_dim)}
+    with torch.no_grad():
+        assert critic(cond).reshape(-1).shape == (3,)
+
+
+def test_encoder_choice_on_the_command_line_is_checked():
+    """script/run.py's preflight accepts `encoder=resnet`, names the choices for a typo and says when a config has
+    no such choice; script/sweep.py hands the choice to Hydra as a one-value sweep (`++` is refused for groups)."""
+    from agent.config import check_overrides
+    from agent.errors import ConfigError
+    from script.sweep import prepare_overrides
+
+    folder, name = CFG_ROOT / PIXEL_CONFIGS[1][0], PIXEL_CONFIGS[1][1]
+    check_overrides(folder, name, ["encoder=resnet", "critic_encoder=resnet", "seed=1"])
+    with pytest.raises(ConfigError, match=r"encoder=resnt is not a choice; encoder= takes one of resnet, vit"):
+        check_overrides(folder, name, ["encoder=resnt"])
+    with pytest.raises(ConfigError, match="pre_diffusion_mlp has no `encoder` choice"):
+        check_overrides(CFG_ROOT / "robomimic/pretrain/can", "pre_diffusion_mlp", ["encoder=resnet"])
+    with pytest.raises(ConfigError, match="model.network.mlp_dim is not a key"):  # a real bad key is still named
+        check_overrides(folder, name, ["encoder=resnet", "model.network.mlp_dim=3"])
+    out = prepare_overrides(str(folder), [name], ["encoder=resnet", "seed=0,1", "train.n_train_itr=2"])
+    assert out == ["encoder=choice(resnet)", "seed=0,1", "++train.n_train_itr=2"]
+
+
+def test_fine_tuning_a_resnet_checkpoint_names_the_encoder_choice(tmp_path):
+    from agent.errors import ConfigError
+    from agent.finetune.loading import check_compatible
+
+    (pre_dir, pre_name), (ft_dir, ft_name) = PIXEL_CONFIGS
+    pre = compose(CFG_ROOT / pre_dir, pre_name, ["wandb=null", "encoder=resnet"])
+    ckpt = {"config": OmegaConf.to_container(pre, resolve=True)}
+    ft = compose(CFG_ROOT / ft_dir, ft_name, ["wandb=null"])
+    with pytest.raises(
+        ConfigError, match=r"trained with encoder=resnet .* this config has encoder=vit; add encoder=resnet"
+    ):
+        check_compatible(ckpt, ft, tmp_path / "state_1.pt", uses_diffusion=True)
+    check_compatible(ckpt, compose(CFG_ROOT / ft_dir, ft_name, ["wandb=null", "encoder=resnet"]), tmp_path, True)
