@@ -160,10 +160,16 @@ class StitchedSequenceDataset:
         self._offsets = torch.as_tensor(offsets, device=self.device)
         self.train_indices = torch.as_tensor(np.flatnonzero(train_mask), device=self.device)
         self.val_indices = torch.as_tensor(np.flatnonzero(~train_mask), device=self.device)
-        self._act_steps = torch.arange(self.horizon_steps, device=self.device)
         # history position j (0 = oldest): go back cond_steps-1-j steps, but not before the trajectory start
-        self._back = torch.arange(self.cond_steps - 1, -1, -1, device=self.device)
+        back = torch.arange(self.cond_steps - 1, -1, -1, device=self.device)
         self._img_back = torch.arange(self.img_cond_steps - 1, -1, -1, device=self.device)
+        # Low-dim windows are laid out once, (W, Ta, Da) and (W, To, Do): a batch is then one contiguous
+        # `index_select` per tensor (the gather is a few percent of a small MLP's step otherwise). Images are
+        # gathered per batch from the frames instead (a copy per window would multiply their memory by To_img).
+        act_idx = self._starts[:, None] + torch.arange(self.horizon_steps, device=self.device)
+        state_idx = self._starts[:, None] - torch.minimum(back[None, :], self._offsets[:, None])
+        self._action_windows = self.actions[act_idx]
+        self._state_windows = self.states[state_idx]
         log.info(
             "dataset %s: %d trajectories, %d steps, %d windows (%d for validation)",
             dataset_path,
@@ -189,12 +195,10 @@ class StitchedSequenceDataset:
 
     def get_batch(self, index: torch.Tensor) -> Batch:
         """Gather windows `index` (B,) (positions in the full window list) into a `Batch`."""
-        start = self._starts[index]
-        offset = self._offsets[index]
-        actions = self.actions[start[:, None] + self._act_steps]
-        state_idx = start[:, None] - torch.minimum(self._back[None, :], offset[:, None])
-        cond = {"state": self.states[state_idx]}
+        actions = self._action_windows.index_select(0, index)
+        cond = {"state": self._state_windows.index_select(0, index)}
         if self.images is not None:
+            start, offset = self._starts[index], self._offsets[index]
             img_idx = start[:, None] - torch.minimum(self._img_back[None, :], offset[:, None])
             cond["rgb"] = self.images[img_idx]
         return Batch(actions, cond)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
@@ -47,6 +47,20 @@ def _encode_cond(net: nn.Module, cond: dict[str, Tensor]) -> dict[str, Tensor]:
     denoising loop (and the K' transitions of a chain) reuse its output instead of re-encoding every time."""
     encode = getattr(net, "encode_cond", None)
     return cond if encode is None else encode(cond)
+
+
+def _denoise_fn(net: nn.Module, cond: dict[str, Tensor], steps: Tensor) -> Callable[[Tensor, int], Tensor]:
+    """`(x, i) -> net(x, steps[i], cond)` for the i-th step of one reverse process, with the work that does not
+    change along the chain done once: a network's `prepare_steps(cond, steps)` (the state and time terms of the
+    diffusion MLP's first layer) or its `encode_cond` (an image encoder)."""
+    b = cond["state"].shape[0]
+    prepare = getattr(net, "prepare_steps", None)
+    if prepare is not None:
+        context = prepare(cond, steps)
+        return lambda x, i: net.forward_step(x, i, context)
+    encoded = _encode_cond(net, cond)
+    times = steps.view(-1, 1).expand(-1, b)
+    return lambda x, i: net(x, times[i], encoded)
 
 
 class _StepCoefs(NamedTuple):
@@ -382,18 +396,16 @@ class DiffusionModel(nn.Module):
                 noise = noise.clamp(-self.randn_clip_value, self.randn_clip_value)
             noise = noise * std
 
-        t_all = self.step_t.view(n, 1).expand(n, b)
         chain: list[Tensor] = []
         if return_chain and n_ft == n:
             chain.append(x)
         clip = self.denoised_clip_value
         # Steps i >= first_ft run actor_ft, the others the frozen network: one network pass per step.
         first_ft = n if self.actor_ft is None or use_base_policy else n - n_ft
-        base_cond = _encode_cond(self.network, cond) if first_ft > 0 else cond
-        ft_cond = _encode_cond(self.actor_ft, cond) if first_ft < n and self.actor_ft is not None else cond
+        base_fn = _denoise_fn(self.network, cond, self.step_t) if first_ft > 0 else None
+        ft_fn = _denoise_fn(self.actor_ft, cond, self.step_t) if first_ft < n and self.actor_ft is not None else None
         for i in range(n):
-            net, net_cond = (self.actor_ft, ft_cond) if i >= first_ft else (self.network, base_cond)
-            out = net(x, t_all[i], net_cond)
+            out = ft_fn(x, i) if i >= first_ft else base_fn(x, i)
             x0 = torch.add(x * fl["x0_x"][i], out, alpha=-fl["x0_eps"][i]) if self.predict_epsilon else out
             if clip is not None:
                 x0 = x0.clamp(-clip, clip)

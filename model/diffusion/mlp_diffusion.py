@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.common.mlp import MLP, ResidualMLP
@@ -44,6 +45,7 @@ class DiffusionMLP(nn.Module):
         self.action_dim = action_dim
         self.horizon_steps = horizon_steps
         self.cond_dim = cond_dim
+        self.time_dim = time_dim
         self.time_embedding = nn.Sequential(
             SinusoidalPosEmb(time_dim),
             nn.Linear(time_dim, time_dim * 2),
@@ -74,6 +76,36 @@ class DiffusionMLP(nn.Module):
                 out_activation_type=out_activation_type,
                 use_layernorm=use_layernorm,
             )
+
+    def prepare_steps(self, cond: dict[str, Tensor], steps: Tensor) -> tuple[Tensor, Tensor, Tensor, nn.Module]:
+        """What one reverse process of `len(steps)` steps shares, for `forward_step`.
+
+        The first layer acts on ``[x, time_emb(t), state]``; its state term (with the bias) is the same at every
+        step and its time term the same for every row, so both are computed once: the same sums as `forward`,
+        without the per-step time MLP, concatenation and state columns.
+
+        Args:
+            cond: dict with ``state`` ``(B, To, Do)``.
+            steps: ``(K,)`` integer denoising index of each step.
+
+        Returns:
+            (x weight ``(h, Ta * Da)``, state term ``(B, h)``, time term ``(K, h)``, the layers after the first).
+        """
+        b = cond["state"].shape[0]
+        state = cond["state"].reshape(b, -1)
+        if self.cond_mlp is not None:
+            state = self.cond_mlp(state)
+        first = self.mlp_mean.layers[0]
+        w_x, w_t, w_s = first.weight.split([self.action_dim * self.horizon_steps, self.time_dim, state.shape[1]], 1)
+        rest = self.mlp_mean.layers[1:]
+        return w_x, F.linear(state, w_s, first.bias), F.linear(self.time_embedding(steps), w_t), rest
+
+    def forward_step(self, x: Tensor, i: int, context: tuple[Tensor, Tensor, Tensor, nn.Module]) -> Tensor:
+        """`forward(x, steps[i], cond)` from `prepare_steps(cond, steps)`. x: ``(B, Ta, Da)``; returns the same."""
+        w_x, state_term, time_term, rest = context
+        b = x.shape[0]
+        h = torch.addmm(state_term + time_term[i], x.reshape(b, -1), w_x.t())
+        return rest(h).view(b, self.horizon_steps, self.action_dim)
 
     def forward(self, x: Tensor, time: Tensor, cond: dict[str, Tensor]) -> Tensor:
         """Predict the denoising target.

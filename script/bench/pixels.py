@@ -123,8 +123,9 @@ def build(key: str, args: argparse.Namespace, tmp: str) -> PretrainAgent:
     probe = compose(CFG_ROOT / folder, name, ["wandb=null"])
     shape = tuple(int(s) for s in probe.shape_meta.obs.rgb.shape)
     data = Path(tmp) / f"{probe.env}-{shape[0]}.npz"
-    if not data.exists():
-        write_dataset(data, probe.obs_dim, probe.action_dim, shape)
+    if not data.exists():  # enough 200-step trajectories for one timed run of distinct batches
+        bs = args.batch_size or int(probe.train.batch_size)
+        write_dataset(data, probe.obs_dim, probe.action_dim, shape, n_traj=max(20, -(-args.steps * bs // 190)))
     overrides = [f"device={args.device}", "wandb=null", f"train_dataset_path={data}", f"log_dir={tmp}/log"]
     if args.batch_size:
         overrides.append(f"train.batch_size={args.batch_size}")

@@ -8,11 +8,14 @@ in the medium return band, and record its (stochastic) rollouts.
    `--eval-every` iterations; training stops at the first evaluation whose mean return lies in `--band` (D4RL's
    medium policies reach about a third of expert return: hopper roughly 1000-2000). If the band is never reached
    the run ends after `--max-itr` iterations and the data are recorded anyway, with a warning.
-2. The policy (stochastic, like D4RL's SAC behaviour policies) collects at least `--transitions` steps; only
-   finished episodes are kept (falls, or the 1000-step time limit).
+2. The policy collects at least `--transitions` steps; only finished episodes are kept (falls, or the 1000-step
+   time limit). Actions are the policy's mean plus Gaussian noise of `--record-std` (0.1 in normalised action
+   units), like D4RL's SAC behaviour policies whose learned noise is small; PPO's own exploration std (0.3-0.5
+   while it learns) would put the recorded returns far below the band the deterministic evaluation reached.
+   `--record-std -1` samples the PPO policy itself. The recorded mean return is checked against the band.
 3. `train.npz` + `normalization.npz` go to `$DPPO_DATA_DIR/gym/<task>/` (format of reference 7.1/7.3), with
    `rewards`, `terminals` and `episode_returns.npy` beside them; the behaviour policy's run folder is
-   `$DPPO_LOG_DIR/gym-behaviour/<task>/`.
+   `$DPPO_LOG_DIR/gym-behaviour/<task>/` (its checkpoint of the stopping iteration in `behaviour/checkpoint/`).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class BandStopPPO(PPOAgent):
             log.info(
                 "eval return %.1f is in the band %s at iteration %d: stop", self.last_eval_return, self.band, self.itr
             )
+            self.save()  # the behaviour policy that records the data
             raise InBandError
 
 
@@ -106,8 +110,9 @@ def train_behaviour_policy(
 
 
 @torch.no_grad()
-def record(agent: BandStopPPO, n_transitions: int, seed: int) -> dict[str, np.ndarray]:
-    """Roll out the policy stochastically; return raw states/actions/rewards/terminals of finished episodes."""
+def record(agent: BandStopPPO, n_transitions: int, seed: int, record_std: float = 0.1) -> dict[str, np.ndarray]:
+    """Roll out the policy (mean + N(0, record_std^2) noise; record_std < 0: the PPO policy's own sampling) and
+    return raw states/actions/rewards/terminals of finished episodes."""
     from agent.finetune.base import make_env
 
     env = make_env(agent.cfg, agent.logdir, None, seed)
@@ -117,10 +122,14 @@ def record(agent: BandStopPPO, n_transitions: int, seed: int) -> dict[str, np.nd
     live: list[dict[str, list]] = [{"s": [], "a": [], "r": []} for _ in range(n_envs)]
     episodes: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]] = []
     obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
     total = 0
     while total < n_transitions:
-        sample = agent.policy.sample(obs_to_tensor(obs, agent.device), deterministic=False)
-        action = np.clip(actions_to_numpy(sample.actions, 1), -1.0, 1.0)  # (E, 1, Da), what the env executes
+        sample = agent.policy.sample(obs_to_tensor(obs, agent.device), deterministic=record_std >= 0)
+        action = actions_to_numpy(sample.actions, 1)  # (E, 1, Da)
+        if record_std > 0:
+            action = action + rng.normal(0.0, record_std, action.shape).astype(np.float32)
+        action = np.clip(action, -1.0, 1.0)  # what the env executes
         state = obs["state"][:, -1]
         obs, reward, terminated, truncated, _ = env.step(action)
         for i in range(n_envs):
@@ -156,6 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-envs", type=int, default=10)
     parser.add_argument("--n-steps", type=int, default=500, help="chunks per env per PPO iteration")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--record-std", type=float, default=0.1, help="action noise while recording (-1: the PPO policy's own)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-dir", default=None, help="default: $DPPO_DATA_DIR or data/")
     args = parser.parse_args(argv)
@@ -166,8 +178,10 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     agent = train_behaviour_policy(args.task, band, args, log_dir() / "gym-behaviour" / args.task)
     train_s = time.perf_counter() - start
-    data = record(agent, args.transitions, args.seed + 1)
+    data = record(agent, args.transitions, args.seed + 1, args.record_std)
     returns = data.pop("episode_returns")
+    if not band[0] <= returns.mean() <= band[1]:
+        log.warning("the recorded episodes' mean return %.1f is outside the band %s", returns.mean(), band)
     summary = write_dataset(out, **data)
     np.save(out / "episode_returns.npy", returns)
     stats = {
@@ -179,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         "return_mean": float(returns.mean()),
         "return_min": float(returns.min()),
         "return_max": float(returns.max()),
+        "record_std": args.record_std,
         "train_s": round(train_s, 1),
         "total_s": round(time.perf_counter() - start, 1),
         "bytes": sum(summary.file_bytes.values()),

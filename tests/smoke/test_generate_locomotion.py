@@ -34,6 +34,9 @@ def test_generate_locomotion_tiny(tmp_path, monkeypatch):
         ]
     )
     assert stats["behaviour_itr"] == 0  # the first evaluation is inside an all-accepting band: no training
+    assert stats["record_std"] == 0.1
+    behaviour = tmp_path / "log/gym-behaviour/hopper-medium-v2/behaviour"
+    assert [p.name for p in behaviour.rglob("state_*.pt")] == ["state_0.pt"]  # the policy that recorded the data
     assert stats["transitions"] >= 300
     out = tmp_path / "data/gym/hopper-medium-v2"
     with np.load(out / "train.npz") as f:

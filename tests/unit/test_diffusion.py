@@ -297,12 +297,24 @@ def test_single_finetuned_step_gives_finite_log_probs(use_ddim: bool) -> None:
 
 
 def _record_calls(model: DiffusionModel) -> list[tuple[str, list[int], int]]:
+    """(net, timesteps of the rows, rows) per network pass: `forward` calls and the sampler's `forward_step`s."""
     calls: list[tuple[str, list[int], int]] = []
     for name in ("network", "actor_ft"):
         module = getattr(model, name)
         module.register_forward_hook(
             lambda mod, inp, out, name=name: calls.append((name, inp[1].tolist(), inp[0].shape[0]))
         )
+        prepared: dict[str, torch.Tensor] = {}
+
+        def prepare(cond, steps, orig=module.prepare_steps, prepared=prepared):
+            prepared["steps"] = steps
+            return orig(cond, steps)
+
+        def step(x, i, context, orig=module.forward_step, prepared=prepared, name=name):
+            calls.append((name, [int(prepared["steps"][i])] * x.shape[0], x.shape[0]))
+            return orig(x, i, context)
+
+        module.prepare_steps, module.forward_step = prepare, step
     return calls
 
 
@@ -537,6 +549,17 @@ def test_mlp_structure() -> None:
     assert kinds == ["Linear", "LayerNorm", "Dropout", "ReLU"] * 2 + ["Linear", "Tanh"]
     net.eval()
     assert net(torch.randn(3, 4)).abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(cond_mlp_dims=[16, 6]), dict(residual_style=False, use_layernorm=True)])
+def test_prepared_steps_equal_the_plain_forward(kw: dict) -> None:
+    # the sampler's fast path (first-layer state and time terms computed once per chain) is the same function
+    net = make_net(**kw)
+    x, cond, steps = torch.randn(5, TA, DA), make_cond(5), torch.tensor([9, 4, 0])
+    context = net.prepare_steps(cond, steps)
+    for i, t in enumerate(steps.tolist()):
+        want = net(x, torch.full((5,), t), cond)
+        torch.testing.assert_close(net.forward_step(x, i, context), want, rtol=1e-5, atol=1e-6)
 
 
 def test_diffusion_mlp_input_order() -> None:
