@@ -252,7 +252,12 @@ def load_policy_weights(
                 f"ft_denoising_steps={ours}; set ft_denoising_steps={theirs} to use its fine-tuned weights"
             )
         if diffusion:
-            _load_strict(policy, ckpt["model"], path, "checkpoint")
+            state = ckpt["model"]
+            if for_eval and getattr(policy, "eta", None) is None:
+                # DDIM fine-tuning trains an eta (the exploration noise of its chain); evaluation samples
+                # deterministically (eta = 0), so an evaluation config without an eta module drops it.
+                state = {k: v for k, v in state.items() if not k.startswith("eta.")}
+            _load_strict(policy, state, path, "checkpoint")
         else:  # a learned exploration std may be absent from an evaluation config: it does not change the mean
             _load_tolerant(policy, ckpt["model"], path)
         return kind

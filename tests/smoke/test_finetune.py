@@ -206,3 +206,9 @@ def test_ddim_finetuning_with_a_learned_eta_from_the_config(base: Path):
     assert agent.policy.eta.eta_logit.item() != before
     saved = load_checkpoint(latest_checkpoint(agent.logdir))
     assert "eta.eta_logit" in saved["model"] and "eta" in saved["algorithm"]["optimizers"]
+    # an eval config has no eta (deterministic DDIM uses eta = 0): the checkpoint still loads, fine-tuned weights
+    evaluator = eval_agent(latest_checkpoint(agent.logdir), 5, ["+model.use_ddim=true", "+model.ddim_steps=5"])
+    assert evaluator.checkpoint_kind == "finetune" and evaluator.policy.eta is None
+    for key, value in evaluator.policy.actor_ft.state_dict().items():
+        torch.testing.assert_close(value, saved["model"][f"actor_ft.{key}"])
+    assert evaluator.run()["n_episodes"] == 4
