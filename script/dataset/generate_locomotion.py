@@ -7,7 +7,8 @@ in the medium return band, and record its (stochastic) rollouts.
 1. PPO on a Gaussian MLP from scratch (`cfg/gym/scratch/<task>-v2/ppo_gaussian_mlp`), evaluated every
    `--eval-every` iterations; training stops at the first evaluation whose mean return lies in `--band` (D4RL's
    medium policies reach about a third of expert return: hopper roughly 1000-2000). If the band is never reached
-   the run ends after `--max-itr` iterations and the data are recorded anyway, with a warning.
+   the run ends after `--max-itr` iterations and the data are recorded anyway, with a warning; `--resume
+   --max-itr <more>` then continues that behaviour run from its last checkpoint.
 2. The policy collects at least `--transitions` steps; only finished episodes are kept (falls, or the 1000-step
    time limit). Actions are the policy's mean plus Gaussian noise of `--record-std` (0.1 in normalised action
    units), like D4RL's SAC behaviour policies whose learned noise is small; PPO's own exploration std (0.3-0.5
@@ -99,6 +100,8 @@ def train_behaviour_policy(
         f"train.save_model_freq={args.max_itr}",
         f"train.batch_size={min(5000, args.n_envs * args.n_steps)}",
     ]
+    if args.resume:  # continue the newest behaviour run of this task from its last checkpoint
+        overrides.append("resume=true")
     cfg = compose(CFG_ROOT / f"gym/scratch/{task.replace('-medium', '')}", "ppo_gaussian_mlp", overrides)
     agent = BandStopPPO(cfg)
     agent.band = band
@@ -169,6 +172,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--record-std", type=float, default=0.1, help="action noise while recording (-1: the PPO policy's own)"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the newest behaviour run of the task (e.g. one that ended outside the band) up to --max-itr",
+    )
     parser.add_argument("--data-dir", default=None, help="default: $DPPO_DATA_DIR or data/")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
