@@ -27,6 +27,8 @@ Deliberate differences from the reference:
   runs instead augment the stored images once after the rollout (`train.augment`, reference 2.9).
 * `train.grad_accumulate` = g (reference 2.9): the optimisers step on the mean gradient of g minibatches; a partial
   group at the end of an epoch is stepped rather than carried into the next epoch (see `PPO._update`).
+* On CPU the actor's backward pass runs over row chunks of the minibatch (`train.update_chunk_rows`, see
+  `PPO.backward`): the same gradient, about a third faster than one pass over 50,000 rows.
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ class PPOConfig:
     eta_lr_scheduler: dict[str, Any] | None = None
     eta_update_interval: int = 1
     grad_accumulate: int = 1
+    update_chunk_rows: int | None = None
     # model.*
     gamma_denoising: float = 0.99
     clip_ploss_coef: float = 0.01
@@ -154,7 +157,7 @@ class PPOConfig:
         "batch_size", "update_epochs", "logprob_batch_size", "vf_coef", "ent_coef", "target_kl", "max_grad_norm",
         "n_critic_warmup_itr", "use_bc_loss", "bc_loss_coeff", "actor_lr", "actor_weight_decay",
         "actor_lr_scheduler", "critic_lr", "critic_weight_decay", "critic_lr_scheduler", "eta_lr",
-        "eta_weight_decay", "eta_lr_scheduler", "eta_update_interval", "grad_accumulate",
+        "eta_weight_decay", "eta_lr_scheduler", "eta_update_interval", "grad_accumulate", "update_chunk_rows",
     )  # fmt: skip
     MODEL_KEYS = (
         "gamma_denoising", "clip_ploss_coef", "clip_ploss_coef_base", "clip_ploss_coef_rate", "clip_vloss_coef",
@@ -258,6 +261,11 @@ class PPO(OnPolicyAlgorithm):
             isinstance(accumulate, int) and accumulate >= 1,
             f"train.grad_accumulate must be an integer >= 1, got {accumulate!r}",
         )
+        chunk = get("train.update_chunk_rows", None)
+        require(
+            chunk is None or (isinstance(chunk, int) and chunk >= 1),
+            f"train.update_chunk_rows must be an integer >= 1 or null (automatic), got {chunk!r}",
+        )
         epochs = get("train.update_epochs", 5)
         require(isinstance(epochs, int) and epochs >= 1, f"train.update_epochs must be >= 1, got {epochs!r}")
         horizon = get("reward_horizon", None) or get("act_steps")
@@ -310,27 +318,24 @@ class PPO(OnPolicyAlgorithm):
         lp = self.policy.chain_log_prob(cond, chain).clamp(LOGPROB_MIN, LOGPROB_MAX)  # (B, K', Ta, Da)
         return -lp.mean()
 
-    def loss(self, mb: Minibatch, train_actor: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
-        """Total loss of a minibatch and detached diagnostics (pg_loss, v_loss, approx_kl, clip_frac, ratio, ...)."""
+    def critic_loss(self, mb: Minibatch) -> Tensor:
+        """0.5 mean (V - R)^2 over the minibatch's rows, or its clipped form with `clip_vloss_coef`."""
         c = self.cfg
-        info: dict[str, Tensor] = {}
         if mb.critic_index is not None:
             # V(s) once per distinct state, gathered per row: the same values and gradients as one critic pass per
             # row (the reference's), with about half the critic work when K' = 10.
             values = self.critic(mb.critic_cond)[mb.critic_index]
         else:
             values = self.critic(mb.cond)
-        if c.clip_vloss_coef is not None:
-            clipped = mb.old_values + (values - mb.old_values).clamp(-c.clip_vloss_coef, c.clip_vloss_coef)
-            v_loss = 0.5 * torch.maximum((values - mb.returns) ** 2, (clipped - mb.returns) ** 2).mean()
-        else:
-            v_loss = 0.5 * ((values - mb.returns) ** 2).mean()
-        total = c.vf_coef * v_loss
-        info["v_loss"] = v_loss.detach()
-        if not train_actor:
-            return total, info
+        if c.clip_vloss_coef is None:
+            return 0.5 * ((values - mb.returns) ** 2).mean()
+        clipped = mb.old_values + (values - mb.old_values).clamp(-c.clip_vloss_coef, c.clip_vloss_coef)
+        return 0.5 * torch.maximum((values - mb.returns) ** 2, (clipped - mb.returns) ** 2).mean()
 
-        log_prob = self.policy_log_prob(mb)
+    def actor_advantages(self, mb: Minibatch) -> Tensor:
+        """The advantages the policy loss weighs (B,): normalised with the minibatch's statistics (`norm_adv`),
+        quantile-clipped, times the denoising discount of each row's step."""
+        c = self.cfg
         adv = mb.advantages
         if c.norm_adv:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -338,35 +343,116 @@ class PPO(OnPolicyAlgorithm):
             lo = torch.quantile(adv, c.clip_advantage_lower_quantile)
             hi = torch.quantile(adv, c.clip_advantage_upper_quantile)
             adv = adv.clamp(lo, hi)
-        adv = adv * self.discounts[mb.step]
-        log_ratio = log_prob - mb.old_log_probs
+        return adv * self.discounts[mb.step]
+
+    def actor_loss(self, mb: Minibatch, adv: Tensor, n_rows: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """The rows' share of the actor's loss: pg_loss - ent_coef * entropy + bc_loss_coeff * bc_loss, each a sum
+        over these rows divided by `n_rows`, so that the shares of a minibatch's row chunks add up to its means.
+
+        Args:
+            mb: b rows of a minibatch of `n_rows` rows.
+            adv: (b,) their `actor_advantages` (computed over the whole minibatch).
+            n_rows: rows of the whole minibatch.
+
+        Returns:
+            (the share, detached diagnostics as shares of the minibatch means).
+        """
+        c = self.cfg
+        share = len(mb.step) / n_rows
+        info: dict[str, Tensor] = {}
+        log_ratio = self.policy_log_prob(mb) - mb.old_log_probs
         ratio = log_ratio.exp()
         eps = self.clip_coefs[mb.step]
-        pg_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - eps, 1.0 + eps)).mean()
-        total = total + pg_loss
+        pg_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - eps, 1.0 + eps)).sum() / n_rows
+        total = pg_loss
         if c.ent_coef != 0.0:
             entropy = self.policy.entropy(mb.cond) if hasattr(self.policy, "entropy") else None
             if entropy is not None:
-                total = total - c.ent_coef * entropy.mean()
-                info["entropy"] = entropy.mean().detach()
+                total = total - c.ent_coef * entropy.sum() / n_rows
+                info["entropy"] = entropy.detach().sum() / n_rows
         if c.use_bc_loss:
-            bc = self.bc_loss(mb.cond)
+            bc = self.bc_loss(mb.cond) * share
             total = total + c.bc_loss_coeff * bc
             info["bc_loss"] = bc.detach()
         with torch.no_grad():
             info["pg_loss"] = pg_loss.detach()
-            info["approx_kl"] = ((ratio - 1.0) - log_ratio).mean()
-            info["clip_frac"] = ((ratio - 1.0).abs() > eps).float().mean()
-            info["ratio"] = ratio.mean()
+            info["approx_kl"] = ((ratio - 1.0) - log_ratio).sum() / n_rows
+            info["clip_frac"] = ((ratio - 1.0).abs() > eps).float().sum() / n_rows
+            info["ratio"] = ratio.sum() / n_rows
         return total, info
+
+    def loss(self, mb: Minibatch, train_actor: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss of a minibatch and detached diagnostics (pg_loss, v_loss, approx_kl, clip_frac, ratio, ...)."""
+        v_loss = self.critic_loss(mb)
+        info = {"v_loss": v_loss.detach()}
+        total = self.cfg.vf_coef * v_loss
+        if train_actor:
+            actor, actor_info = self.actor_loss(mb, self.actor_advantages(mb), len(mb.step))
+            total = total + actor
+            info.update(actor_info)
+        return total, info
+
+    def chunk_rows(self, device: torch.device) -> int | None:
+        """Rows per actor backward pass (`train.update_chunk_rows`; None: the whole minibatch at once).
+
+        By default 2048 on CPU, where a 50,000-row pass streams every activation through memory and runs about
+        a third slower than cache-sized chunks, and the whole minibatch on GPUs.
+        """
+        rows = self.cfg.update_chunk_rows
+        if rows is None and device.type == "cpu":
+            rows = 2048
+        return rows
+
+    def backward(self, mb: Minibatch, train_actor: bool = True, scale: float = 1.0) -> dict[str, Tensor]:
+        """`(scale * loss(mb)).backward()`, with the actor's part in row chunks (`chunk_rows`).
+
+        The gradient is the same sum as one pass over the minibatch (the minibatch statistics of the advantages
+        are computed first, over all rows); only the order of the floating-point additions differs.
+
+        Returns:
+            the detached diagnostics of `loss`.
+        """
+        v_loss = self.critic_loss(mb)
+        info = {"v_loss": v_loss.detach()}
+        if not train_actor:
+            (scale * self.cfg.vf_coef * v_loss).backward()
+            return info
+        n = len(mb.step)
+        adv = self.actor_advantages(mb)
+        chunk = self.chunk_rows(mb.step.device) or n
+        if chunk >= n:
+            actor, actor_info = self.actor_loss(mb, adv, n)
+            (scale * (self.cfg.vf_coef * v_loss + actor)).backward()
+            return {**info, **actor_info}
+        (scale * self.cfg.vf_coef * v_loss).backward()
+        for lo in range(0, n, chunk):
+            rows = slice(lo, lo + chunk)
+            part = Minibatch(
+                cond={key: v[rows] for key, v in mb.cond.items()},
+                chains=mb.chains[rows],
+                step=mb.step[rows],
+                returns=mb.returns[rows],
+                old_values=mb.old_values[rows],
+                advantages=mb.advantages[rows],
+                old_log_probs=mb.old_log_probs[rows],
+            )
+            actor, actor_info = self.actor_loss(part, adv[rows], n)
+            (scale * actor).backward()
+            for key, value in actor_info.items():
+                info[key] = info[key] + value if key in info else value
+        return info
 
     # ---------------------------------------------------------------- the update
     @torch.no_grad()
     def old_log_probs(self, buffer: RolloutBuffer, batch_rows: int) -> Tensor:
         """Reduced log-probs (S * E, K') of every stored transition under the current policy; also stored in the
-        buffer. Runs all K' transitions of `batch_rows` env steps per network call."""
+        buffer. Runs all K' transitions of `batch_rows` env steps per network call, or of fewer where `chunk_rows`
+        caps the rows of a call (on CPU)."""
         obs, chains = buffer.flat_obs(), buffer.chains.view(buffer.n_rows, *buffer.chains.shape[2:])
         out = buffer.log_probs.view(buffer.n_rows, -1)
+        cap = self.chunk_rows(chains.device)
+        if cap is not None:
+            batch_rows = min(batch_rows, max(1, cap // self.n_chain_steps))
         for lo in range(0, buffer.n_rows, batch_rows):
             hi = min(lo + batch_rows, buffer.n_rows)
             lp = self.policy.chain_log_prob({k: v[lo:hi] for k, v in obs.items()}, chains[lo:hi])
@@ -474,8 +560,7 @@ class PPO(OnPolicyAlgorithm):
             for i, mb in enumerate(self.minibatches(buffer, old_lp)):
                 group_start = i - i % g
                 group_size = min(g, n_per_epoch - group_start)
-                loss, info = self.loss(mb, train_actor)
-                (loss / group_size).backward()
+                info = self.backward(mb, train_actor, 1.0 / group_size)
                 n_batches += 1
                 if "approx_kl" in info:
                     group_kl.append(info["approx_kl"])

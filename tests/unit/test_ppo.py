@@ -390,3 +390,46 @@ def test_critic_on_distinct_states_gives_the_per_row_loss_and_gradients():
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", list(POLICIES))
+def test_backward_in_row_chunks_gives_the_one_pass_gradients_and_diagnostics(kind):
+    policy = POLICIES[kind]()
+    ppo = make_ppo(
+        policy, ent_coef=0.01, clip_advantage_lower_quantile=0.1, clip_advantage_upper_quantile=0.9, batch_size=20
+    )
+    buf = filled_buffer(policy)
+    old = ppo.old_log_probs(buf, 7)
+    with torch.no_grad():  # ratios away from 1, so the clipping and the KL are exercised
+        for p in policy.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    mb = next(ppo.minibatches(buf, old))
+    params_ = [*ppo.actor_params, *ppo.critic.parameters()]
+    results = []
+    for chunk in (None, 3):  # one pass (the whole minibatch), then chunks of 3 rows (the last one shorter)
+        ppo.cfg.update_chunk_rows = chunk
+        for p in params_:
+            p.grad = None
+        if chunk is None:
+            loss, info = ppo.loss(mb)
+            (0.5 * loss).backward()
+        else:
+            assert ppo.chunk_rows(torch.device("cpu")) == 3 and len(mb.step) % 3 != 0
+            info = ppo.backward(mb, scale=0.5)
+        results.append((info, [p.grad.clone() for p in params_]))
+    (info_one, grads_one), (info_chunked, grads_chunked) = results
+    assert info_one.keys() == info_chunked.keys() and {"pg_loss", "approx_kl", "clip_frac"} <= info_one.keys()
+    for key in info_one:
+        torch.testing.assert_close(info_chunked[key], info_one[key], rtol=1e-5, atol=1e-7)
+    assert info_one["clip_frac"] > 0
+    for a, b in zip(grads_chunked, grads_one):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_update_chunk_rows_default_and_validation():
+    policy = make_gaussian()
+    assert make_ppo(policy).chunk_rows(torch.device("cpu")) == 2048
+    assert make_ppo(policy).chunk_rows(torch.device("cuda")) is None  # the whole minibatch on a GPU
+    assert make_ppo(policy, update_chunk_rows=100).chunk_rows(torch.device("cuda")) == 100
+    with pytest.raises(ConfigError, match="train.update_chunk_rows must be an integer >= 1"):
+        PPO.validate_config(ppo_cfg(**{"train.update_chunk_rows": 0}))
