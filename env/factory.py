@@ -9,7 +9,9 @@ Config keys (everything else is an error, except the training-loop keys in `LOOP
 - max_episode_steps (suite default: gym 1000, lift/can 300, square 400, transport 800, kitchen 280, avoid 100):
   time limit in env steps (truncation).
 - asynchronous (False): AsyncVectorEnv (one process per sub-env) instead of SyncVectorEnv.
-- mp_context (None): start method for async workers; forced to "spawn" when MuJoCo renders.
+- pipeline (False): step all sub-envs in one worker process, in two groups, so that an on-policy rollout samples
+  one group's chunks while the worker steps the other (env/pipeline.py); not together with `asynchronous`.
+- mp_context (None): start method for async / pipeline workers; forced to "spawn" when MuJoCo renders.
 - step_timeout (300): seconds an async step may take before the workers are reported as hung (reset: 4x).
 - action_clip (True): clip normalised actions to [-1, 1]; False: out-of-range actions raise ValueError.
 - action_tolerance (1e-3): allowed excess beyond [-1, 1] when action_clip is False.
@@ -38,6 +40,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
+from env.pipeline import PipelinedVectorEnv
 from env.registry import EnvConfigError, EnvSpec, Suite, get_suite, get_wrapper, resolve_env_name
 from env.vector import ChunkedVectorEnv, EnvWorkerError
 from env.wrappers.guard import SubEnvGuard
@@ -59,6 +62,7 @@ class EnvConfig:
     n_envs: int = 1
     max_episode_steps: int | None = None
     asynchronous: bool = False
+    pipeline: bool = False
     mp_context: str | None = None
     step_timeout: float | None = 300.0
     action_clip: bool = True
@@ -113,6 +117,8 @@ class EnvConfig:
             positive("max_episode_steps", self.max_episode_steps)
         if self.step_timeout is not None and self.step_timeout <= 0:
             raise EnvConfigError(f"env.step_timeout must be > 0 or null, got {self.step_timeout}")
+        if self.pipeline and self.asynchronous:
+            raise EnvConfigError("env.pipeline and env.asynchronous exclude each other: set one of them to false")
         if self.mp_context not in (None, "fork", "spawn", "forkserver"):
             raise EnvConfigError(f"env.mp_context must be fork, spawn, forkserver or null, got {self.mp_context!r}")
         if any(s < 2 or s % 2 for s in self.render_size):
@@ -261,7 +267,9 @@ def vectorize(
     )
 
 
-def make_vec_env(env_cfg: Mapping[str, Any], *, seed: int, env_meta_path: str | None = None) -> ChunkedVectorEnv:
+def make_vec_env(
+    env_cfg: Mapping[str, Any], *, seed: int, env_meta_path: str | None = None
+) -> ChunkedVectorEnv | PipelinedVectorEnv:
     """Build the vector env described by a DPPO-style `env` block.
 
     Args:
@@ -271,7 +279,8 @@ def make_vec_env(env_cfg: Mapping[str, Any], *, seed: int, env_meta_path: str | 
             cfg/robomimic/env_meta/<name>[-img].json.
 
     Returns:
-        ChunkedVectorEnv: `reset() -> (obs, {})`, `step((E, Te, Da)) -> (obs, reward (E,), terminated (E,),
+        ChunkedVectorEnv (PipelinedVectorEnv with `pipeline`, the same API):
+        `reset() -> (obs, {})`, `step((E, Te, Da)) -> (obs, reward (E,), terminated (E,),
         truncated (E,), info)`; see `ChunkedVectorEnv.step` for the info keys.
 
     Raises:
@@ -289,7 +298,7 @@ def make_vec_env(env_cfg: Mapping[str, Any], *, seed: int, env_meta_path: str | 
     if renders_gl:
         _ensure_headless_gl()
     context = cfg.mp_context
-    if cfg.asynchronous and renders_gl and context != "spawn":
+    if (cfg.asynchronous or cfg.pipeline) and renders_gl and context != "spawn":
         # A forked worker inherits the parent's OpenGL/EGL state and hangs on its first render.
         context = "spawn"
     base_spec = EnvSpec(
@@ -312,13 +321,25 @@ def make_vec_env(env_cfg: Mapping[str, Any], *, seed: int, env_meta_path: str | 
     log.info(
         "building %d %s %s env(s) (suite %s, max_episode_steps %d)",
         cfg.n_envs,
-        "async" if cfg.asynchronous else "sync",
+        "async" if cfg.asynchronous else "pipelined" if cfg.pipeline else "sync",
         name,
         suite.name,
         max_episode_steps,
     )
+    env_fns = [partial(_build_sub_env, p) for p in plans]
+    if cfg.pipeline:
+        return PipelinedVectorEnv(
+            env_fns,
+            name=name,
+            seed=seed,
+            n_groups=min(2, cfg.n_envs),
+            context=context,
+            step_timeout=cfg.step_timeout,
+            action_clip=cfg.action_clip,
+            action_tolerance=cfg.action_tolerance,
+        )
     return vectorize(
-        [partial(_build_sub_env, p) for p in plans],
+        env_fns,
         name=name,
         seed=seed,
         asynchronous=cfg.asynchronous,

@@ -35,6 +35,7 @@ from agent.config import require
 from agent.finetune.base import Algorithm, FinetuneAgent, actions_to_numpy, obs_to_tensor
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.reward_scaling import RunningRewardScaler
+from env.pipeline import PipelinedVectorEnv, merge_step_results
 
 log = logging.getLogger(__name__)
 
@@ -124,40 +125,82 @@ class OnPolicyAgent(FinetuneAgent):
     # ---------------------------------------------------------------- collection
     @torch.no_grad()
     def collect(self) -> dict[str, float]:
-        """Fill the buffer with `n_steps` chunks per env; returns rollout timing."""
+        """Fill the buffer with `n_steps` chunks per env; returns rollout timing.
+
+        With a `PipelinedVectorEnv` (`env.pipeline`) the envs are stepped in groups by a worker process: each
+        group's next chunk is sampled as soon as its step returns, while the worker steps the other group, and
+        the policy keeps one core fewer than torch's threads so the worker has its own (`env_s` is then the time
+        spent waiting for the envs). A plain vector env is one group, sampled and stepped in turn.
+        """
         buf, policy, device = self.buffer, self.policy, self.device
         if self._needs_reset or self.reset_at_iteration or self._obs is None:
             self._obs = self.reset_envs()
             self._firsts[:] = True
-        obs = self._obs
+        env = self.env
+        pipelined = isinstance(env, PipelinedVectorEnv)
+        groups = env.groups if pipelined else [slice(0, self.n_envs)]
+        stepped: list[Any] = [None] * len(groups)
+        if pipelined:
+            send, receive = env.step_async, env.step_wait
+        else:
+
+            def send(i: int, actions: np.ndarray) -> None:
+                stepped[i] = actions
+
+            def receive(i: int) -> Any:
+                return env.step(stepped[i])
+
+        def sample_and_send(i: int, group_obs: dict[str, np.ndarray]) -> tuple[dict[str, Tensor], Tensor]:
+            cond = obs_to_tensor(group_obs, device)
+            sample = policy.sample(cond, deterministic=False, return_chain=True)
+            send(i, actions_to_numpy(sample.actions, self.act_steps))
+            return cond, sample.chain
+
+        threads = torch.get_num_threads()
+        if pipelined and device.type == "cpu" and threads > 1:
+            torch.set_num_threads(threads - 1)
         policy.eval()
         start = time.perf_counter()
         env_steps = 0
         env_s = 0.0
-        for t in range(self.n_steps):
-            cond = obs_to_tensor(obs, device)
-            sample = policy.sample(cond, deterministic=False, return_chain=True)
-            t_env = time.perf_counter()
-            obs, reward, terminated, truncated, info = self.env.step(actions_to_numpy(sample.actions, self.act_steps))
-            env_s += time.perf_counter() - t_env
-            buf.add(
-                t,
-                cond,
-                sample.chain,
-                torch.from_numpy(np.asarray(reward, dtype=np.float32)),
-                torch.from_numpy(terminated),
-                torch.from_numpy(truncated),
-                torch.from_numpy(self._firsts),
-            )
-            if truncated.any():
-                rows = np.flatnonzero(truncated)
-                final = {k: v[rows] for k, v in info["final_obs"].items()}
-                idx = torch.from_numpy(rows).to(device)
-                buf.bootstrap_values[t, idx] = self.algorithm.values(obs_to_tensor(final, device))
-            done = terminated | truncated
-            self.episodes.step(reward, done, info)
-            self._firsts = done.copy()
-            env_steps += int(np.sum(info.get("chunk_steps", self.act_steps)))
+        try:
+            obs = self._obs
+            sent = [sample_and_send(i, {k: v[g] for k, v in obs.items()}) for i, g in enumerate(groups)]
+            for t in range(self.n_steps):
+                results, current = [], sent
+                sent = []
+                for i in range(len(groups)):
+                    t_env = time.perf_counter()
+                    results.append(receive(i))
+                    env_s += time.perf_counter() - t_env
+                    if t + 1 < self.n_steps:
+                        sent.append(sample_and_send(i, results[-1][0]))
+                obs, reward, terminated, truncated, info = merge_step_results(results)
+                if len(current) == 1:
+                    cond, chain = current[0]
+                else:
+                    cond = {k: torch.cat([c[k] for c, _ in current]) for k in current[0][0]}
+                    chain = torch.cat([ch for _, ch in current])
+                buf.add(
+                    t,
+                    cond,
+                    chain,
+                    torch.from_numpy(np.asarray(reward, dtype=np.float32)),
+                    torch.from_numpy(terminated),
+                    torch.from_numpy(truncated),
+                    torch.from_numpy(self._firsts),
+                )
+                if truncated.any():
+                    rows = np.flatnonzero(truncated)
+                    final = {k: v[rows] for k, v in info["final_obs"].items()}
+                    idx = torch.from_numpy(rows).to(device)
+                    buf.bootstrap_values[t, idx] = self.algorithm.values(obs_to_tensor(final, device))
+                done = terminated | truncated
+                self.episodes.step(reward, done, info)
+                self._firsts = done.copy()
+                env_steps += int(np.sum(info.get("chunk_steps", self.act_steps)))
+        finally:
+            torch.set_num_threads(threads)
         self._obs = obs
         buf.last_values.copy_(self.algorithm.values(obs_to_tensor(obs, device)))
         self.env_steps += env_steps

@@ -5,8 +5,10 @@
 Measures, with the real `cfg/gym/finetune/hopper-v2/ft_ppo_diffusion_mlp` config, `PPOAgent` and hopper vector env
 (from a generated, untrained base checkpoint: throughput does not depend on the weights):
 
-* raw vector-env steps/s (40 sync envs, 4 steps per chunk, random actions) and rollout env steps/s (sampling with
-  chains + env + buffer writes, `PPOAgent.collect`);
+* raw vector-env steps/s (40 sync envs in this process, 4 steps per chunk, random actions: the env benchmark's
+  figure) and rollout env steps/s (sampling with chains + env + buffer writes, `PPOAgent.collect`) with the
+  config's env (`env.pipeline: true`: a worker process steps one half of the envs while the policy samples the
+  other's chunks) and with the plain sync env;
 * policy chunk queries/s: `sample(40 conditions, return_chain=True)`;
 * the old-log-prob pass and the PPO update in (env step x denoising step) rows/s: forward + backward + AdamW steps
   on minibatches of `--batch` rows (50,000, the paper's);
@@ -41,6 +43,8 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from agent.checkpoint import save_checkpoint  # noqa: E402
 from agent.config import CFG_ROOT, compose, instantiate  # noqa: E402
+from agent.finetune.base import make_env  # noqa: E402
+from env.pipeline import PipelinedVectorEnv  # noqa: E402
 
 FT_DIR, FT_NAME = CFG_ROOT / "gym/finetune/hopper-v2", "ft_ppo_diffusion_mlp"
 PRE_DIR, PRE_NAME = CFG_ROOT / "gym/pretrain/hopper-medium-v2", "pre_diffusion_mlp"
@@ -129,7 +133,10 @@ def main() -> None:
         t_mm = timed(lambda: a @ w, 5, device)
         gflops = tuple(2 * 20000 * 512 * 512 / t / 1e9 for t in t_mm)
 
-        # raw vector env
+        # raw vector env: the plain in-process sync env (the env benchmark's), whatever env.pipeline says
+        cfg_plain = agent.cfg.copy()
+        cfg_plain.env.pipeline = False
+        pipelined_env, env = env, make_env(cfg_plain, agent.logdir, None, agent.seed)
         env.reset(seed=0)
         rng = np.random.default_rng(0)
         actions = rng.uniform(-1, 1, (200, n_envs, te, 3)).astype(np.float32)
@@ -146,11 +153,17 @@ def main() -> None:
             t_sample = timed(lambda: policy.sample(cond, return_chain=True), 20, device)
         chunk_rate = tuple(n_envs / t for t in t_sample)
 
-        # rollout through the agent (sampling + env + buffer)
+        # rollout through the agent (sampling + env + buffer), with the config's env and with the plain one
         agent.n_steps = args.steps
-        with Clock() as c:
-            timing = agent.collect()
-        rollout_rate = (timing["rollout_env_steps"] / c.wall, timing["rollout_env_steps"] / c.cpu)
+        rollout_rates = {}
+        for label, rollout_env in (("config", pipelined_env), ("plain", env)):
+            agent.env, agent._obs = rollout_env, None
+            agent.collect()  # warm-up (and the first reset)
+            with Clock() as c:
+                timing = agent.collect()
+            rollout_rates[label] = (timing["rollout_env_steps"] / c.wall, timing["rollout_env_steps"] / c.cpu)
+        rollout_rate = rollout_rates["config"]
+        agent.env, agent._obs = pipelined_env, None
         agent.n_steps = agent.buffer.n_steps
         agent.collect()
         agent.compute_values()
@@ -239,6 +252,8 @@ def main() -> None:
             measured = (c.wall, c.cpu)
             full.env.close()
         env.close()
+        pipelined = isinstance(pipelined_env, PipelinedVectorEnv)
+        pipelined_env.close()
 
     threads = torch.get_num_threads()
     print(f"\nDPPO fine-tuning, hopper shapes (E=40, K=20, K'=10, MLP 512x3), device {device}, {threads} torch threads")
@@ -251,7 +266,11 @@ def main() -> None:
 
     row("calibration: float32 matmul GFLOP/s", gflops, None)
     row("raw vector env, env steps/s", raw_rate, None)
-    row("rollout (sample + env + buffer), env steps/s", rollout_rate, None)
+    kind = "pipelined" if pipelined else "sync"
+    row(f"rollout (sample+env+buffer), env steps/s, {kind}", rollout_rate, None)
+    if pipelined:
+        row("  the same with env.pipeline=false", rollout_rates["plain"], None)
+    print(f"{'rollout / raw vector env (goal >= 0.7)':50s} {rollout_rate[0] / raw_rate[0]:>10.2f}")
     row("policy chunk queries/s (40 conditions, chains)", chunk_rate, REFERENCE["chunks"])
     row("old-log-prob pass, rows/s", logprob_rate, REFERENCE["logprob"])
     row(f"PPO update, rows/s ({args.batch:,}-row minibatches)", update_rate, REFERENCE["update"])

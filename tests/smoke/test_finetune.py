@@ -212,3 +212,34 @@ def test_ddim_finetuning_with_a_learned_eta_from_the_config(base: Path):
     for key, value in evaluator.policy.actor_ft.state_dict().items():
         torch.testing.assert_close(value, saved["model"][f"actor_ft.{key}"])
     assert evaluator.run()["n_episodes"] == 4
+
+
+def test_pipelined_rollout_records_what_the_envs_did(base: Path):
+    """env.pipeline (the gym configs' default): the buffer holds each step's observation, chain and the env's answer
+    to the chain's action, checked by replaying the stored actions in a plain vector env from the same seed."""
+    import numpy as np
+
+    from agent.finetune.base import make_env
+    from agent.finetune.ppo import PPOAgent
+    from env.pipeline import PipelinedVectorEnv
+
+    cfg = finetune_config("diffusion", base, 1, ["env.max_episode_steps=4", "+env.env_kwargs.episode_steps=10"])
+    agent = PPOAgent(cfg)
+    assert isinstance(agent.env, PipelinedVectorEnv) and len(agent.env.groups) == 2
+    threads = torch.get_num_threads()
+    agent.collect()
+    assert torch.get_num_threads() == threads  # the policy's thread count is restored after the rollout
+    buf = agent.buffer
+    cfg.env.pipeline = False
+    plain = make_env(cfg, agent.logdir, None, agent.seed)
+    obs, _ = plain.reset()
+    for t in range(agent.n_steps):
+        np.testing.assert_array_equal(buf.obs["state"][t].numpy(), obs["state"])
+        actions = buf.chains[t, :, -1, : agent.act_steps].numpy()
+        obs, reward, terminated, truncated, _ = plain.step(actions)
+        np.testing.assert_allclose(buf.rewards[t].numpy(), reward, rtol=1e-6)
+        assert buf.terminated[t].tolist() == terminated.tolist() and buf.truncated[t].tolist() == truncated.tolist()
+    assert buf.truncated.any()
+    np.testing.assert_array_equal(agent._obs["state"], obs["state"])
+    plain.close()
+    agent.env.close()

@@ -1,0 +1,120 @@
+"""`PipelinedVectorEnv` (env/pipeline.py): the same results as the plain vector env, group stepping, and errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from env import make_vec_env
+from env.pipeline import PipelinedVectorEnv, group_slices, merge_step_results
+from env.registry import EnvConfigError
+from env.vector import EnvWorkerError
+
+GYM = pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason='needs the gym extra: pip install ".[gym]"')
+
+
+def cfg(name: str, wrapper: str, n_envs: int, **extra) -> dict:
+    return {
+        "name": name,
+        "n_envs": n_envs,
+        "wrappers": {wrapper: {"normalization_path": None}, "multi_step": {"n_obs_steps": 2, "n_action_steps": 4}},
+        **extra,
+    }
+
+
+def test_group_slices_cover_the_envs_in_order():
+    assert group_slices(5, 2) == [slice(0, 3), slice(3, 5)]
+    assert group_slices(4, 4) == [slice(i, i + 1) for i in range(4)]
+    assert group_slices(3, 1) == [slice(0, 3)]
+    with pytest.raises(ValueError, match="n_groups must be in"):
+        group_slices(2, 3)
+
+
+def assert_same(a, b) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same(a[key], b[key])
+    else:
+        np.testing.assert_array_equal(a, b)
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+
+
+@pytest.mark.parametrize(
+    ("name", "wrapper", "da"),
+    [pytest.param("hopper-v2", "mujoco_locomotion_lowdim", 3, marks=GYM), ("avoid_m1", "d3il_lowdim", 2)],
+)
+def test_pipelined_env_gives_the_plain_env_results(name: str, wrapper: str, da: int):
+    """Same seed, same actions: identical observations, rewards, flags and infos, through episode ends."""
+    plain = make_vec_env(cfg(name, wrapper, 3, max_episode_steps=24), seed=5)
+    piped = make_vec_env(cfg(name, wrapper, 3, max_episode_steps=24, pipeline=True), seed=5)
+    try:
+        assert isinstance(piped, PipelinedVectorEnv) and piped.groups == [slice(0, 2), slice(2, 3)]
+        assert piped.single_observation_space == plain.single_observation_space
+        assert_same(piped.reset()[0], plain.reset()[0])
+        rng = np.random.default_rng(0)
+        ended = 0
+        for t in range(12):
+            actions = rng.uniform(-1, 1, (3, 4, da)).astype(np.float32)
+            if t % 2:  # the group interface, as a rollout uses it
+                piped.step_async(0, actions[:2])
+                piped.step_async(1, actions[2:])
+                result = merge_step_results([piped.step_wait(0), piped.step_wait(1)])
+            else:
+                result = piped.step(actions)
+            expected = plain.step(actions)
+            for got, want in zip(result, expected):
+                assert_same(got, want)
+            ended += int((expected[2] | expected[3]).sum())
+        assert ended > 0  # episode ends (final_obs, episode stats, autoreset) were compared too
+        assert_same(piped.reset(seed=11)[0], plain.reset(seed=11)[0])
+    finally:
+        plain.close()
+        piped.close()
+
+
+def test_bad_actions_and_wrong_group_order_are_clear_errors():
+    env = make_vec_env(cfg("avoid_m1", "d3il_lowdim", 2, pipeline=True), seed=0)
+    try:
+        env.reset()
+        with pytest.raises(ValueError, match=r"avoid_m1: actions must have shape \(n_envs=2"):
+            env.step(np.zeros((3, 4, 2)))
+        with pytest.raises(ValueError, match="non-finite action"):
+            env.step(np.full((2, 4, 2), np.nan))
+        env.step_async(1, np.zeros((1, 4, 2)))
+        with pytest.raises(RuntimeError, match=r"step_wait\(0\) but the pending group steps are \[1\]"):
+            env.step_wait(0)
+        env.step_wait(1)
+        env.step(np.zeros((2, 4, 2)))  # still usable after the errors
+    finally:
+        env.close()
+
+
+def test_dead_worker_is_reported_with_its_exit():
+    env = make_vec_env(cfg("avoid_m1", "d3il_lowdim", 2, pipeline=True, step_timeout=20), seed=0)
+    env.reset()
+    os.kill(env._process.pid, signal.SIGKILL)
+    env._process.join(10)
+    with pytest.raises(EnvWorkerError, match="avoid_m1: step failed: the env worker .* killed by signal SIGKILL"):
+        env.step(np.zeros((2, 4, 2)))
+    env.close()
+
+
+def test_pipeline_and_asynchronous_exclude_each_other():
+    with pytest.raises(EnvConfigError, match="env.pipeline and env.asynchronous exclude each other"):
+        make_vec_env(cfg("avoid_m1", "d3il_lowdim", 2, pipeline=True, asynchronous=True), seed=0)
+
+
+def test_reset_drops_the_answers_of_abandoned_steps():
+    env = make_vec_env(cfg("avoid_m1", "d3il_lowdim", 2, pipeline=True), seed=0)
+    try:
+        first = env.reset(seed=3)[0]
+        env.step_async(0, np.zeros((1, 4, 2)))  # an interrupted rollout: sent, never waited for
+        assert_same(env.reset(seed=3)[0], first)
+        env.step(np.zeros((2, 4, 2)))
+    finally:
+        env.close()
