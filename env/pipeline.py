@@ -23,10 +23,14 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.vector.utils import batch_space
 
 from env.vector import ChunkedVectorEnv, EnvWorkerError, _describe_exit
 
 log = logging.getLogger(__name__)
+
+# `ChunkedVectorEnv` attributes of the INTERFACES contract that do not depend on the number of sub-envs.
+_CONTRACT_ATTRIBUTES = ("n_obs_steps", "obs_dim", "n_action_steps", "action_dim", "image_shape")
 
 StepResult = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
 
@@ -64,7 +68,9 @@ def _worker(conn: Any, env_fns: Sequence[Callable[[], gym.Env]], groups: Sequenc
         seed = kwargs.pop("seed")
         for g in groups:
             envs.append(vectorize(env_fns[g], seed=None if seed is None else seed + g.start, **kwargs))
-        conn.send(("ok", envs[0].single_observation_space))
+        first = envs[0]
+        spaces = (first.single_observation_space, first.single_action_space)
+        conn.send(("ok", (spaces, {key: getattr(first, key) for key in _CONTRACT_ATTRIBUTES})))
         while True:
             command, group, payload = conn.recv()
             if command == "close":
@@ -100,6 +106,9 @@ def _picklable(e: BaseException) -> BaseException:
 
 class PipelinedVectorEnv:
     """E sub-envs in one worker process, as `n_groups` ChunkedVectorEnvs that can be stepped one after another.
+
+    The API and attributes of `ChunkedVectorEnv` (`reset`, `step`, `close`, spaces, `n_envs`, `obs_dim`, ...),
+    plus `groups` (the sub-env slice of each group), `step_async(group, actions)` and `step_wait(group)`.
 
     Args:
         env_fns: one picklable constructor per sub-env (ending in MultiStep, as for `vectorize`).
@@ -149,7 +158,12 @@ class PipelinedVectorEnv:
             raise EnvWorkerError(f"{name}: the env worker process failed to start: {e!r}") from e
         child.close()
         timeout = None if step_timeout is None else 4 * step_timeout
-        self.single_observation_space = self._receive("start", timeout)
+        (obs_space, action_space), attributes = self._receive("start", timeout)
+        self.single_observation_space, self.single_action_space = obs_space, action_space
+        self.observation_space = batch_space(obs_space, self.n_envs)
+        self.action_space = batch_space(action_space, self.n_envs)
+        for key, value in attributes.items():
+            setattr(self, key, value)
 
     # ------------------------------------------------------------------ worker messages
     def _receive(self, stage: str, timeout: float | None) -> Any:

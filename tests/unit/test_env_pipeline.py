@@ -54,7 +54,10 @@ def test_pipelined_env_gives_the_plain_env_results(name: str, wrapper: str, da: 
     piped = make_vec_env(cfg(name, wrapper, 3, max_episode_steps=24, pipeline=True), seed=5)
     try:
         assert isinstance(piped, PipelinedVectorEnv) and piped.groups == [slice(0, 2), slice(2, 3)]
-        assert piped.single_observation_space == plain.single_observation_space
+        for key in ("single_observation_space", "single_action_space", "action_space", "observation_space"):
+            assert getattr(piped, key) == getattr(plain, key), key
+        for key in ("n_envs", "n_obs_steps", "obs_dim", "n_action_steps", "action_dim", "image_shape"):
+            assert getattr(piped, key) == getattr(plain, key), key
         assert_same(piped.reset()[0], plain.reset()[0])
         rng = np.random.default_rng(0)
         ended = 0
