@@ -24,7 +24,8 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,6 +42,7 @@ from agent.errors import ConfigError, DataError
 from agent.finetune.loading import build_policy, find_checkpoint, load_policy_weights, pretrain_command
 from agent.schedulers import CosineWarmupRestarts
 from agent.utils import rng_state, set_rng_state
+from env.pipeline import PipelinedVectorEnv, merge_step_results
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,62 @@ def obs_to_tensor(obs: Mapping[str, np.ndarray], device: torch.device) -> dict[s
 def actions_to_numpy(actions: Tensor, act_steps: int) -> np.ndarray:
     """Policy chunk (E, Ta, Da) -> the executed part (E, Te, Da) as float32 numpy."""
     return actions[:, :act_steps].detach().to("cpu", torch.float32).numpy()
+
+
+def step_env_groups(
+    env: Any,
+    obs: Mapping[str, np.ndarray],
+    n_steps: int,
+    act: Callable[[dict[str, np.ndarray]], tuple[np.ndarray, Any]],
+    timing: dict[str, float] | None = None,
+) -> Iterator[tuple[list[Any], tuple]]:
+    """Step `env` `n_steps` times from `obs`, the actions chosen by `act`; yields each step's result.
+
+    With a `PipelinedVectorEnv` (`env.pipeline`) the envs step in groups in a worker process: each group's next
+    chunk is chosen as soon as its step returns, while the worker steps the other group, and torch keeps one thread
+    fewer meanwhile so that the worker has a core of its own. A plain vector env is one group, chosen for
+    and stepped in turn. The last step sends nothing further; a consumer that stops early leaves at most one
+    step per group pending, which the env's next `reset` discards.
+
+    Args:
+        env: the vector env.
+        obs: observations of all E envs.
+        n_steps: steps to run.
+        act: `group_obs -> (actions (n_g, Te, Da), extra)` for one group's observations.
+        timing: if given, `timing["env_s"]` accumulates the seconds spent waiting for the envs.
+
+    Yields:
+        (the groups' `extra`s for this step, in group order; `env.step`'s result for all E envs).
+    """
+    pipelined = isinstance(env, PipelinedVectorEnv)
+    groups = env.groups if pipelined else [slice(0, env.num_envs)]
+    chosen: list[Any] = [None] * len(groups)
+
+    def choose_and_send(i: int, group_obs: dict[str, np.ndarray]) -> Any:
+        actions, extra = act(group_obs)
+        if pipelined:
+            env.step_async(i, actions)
+        else:
+            chosen[i] = actions
+        return extra
+
+    threads = torch.get_num_threads()
+    if pipelined and threads > 1:
+        torch.set_num_threads(threads - 1)
+    try:
+        sent = [choose_and_send(i, {k: v[g] for k, v in obs.items()}) for i, g in enumerate(groups)]
+        for t in range(n_steps):
+            results, extras, sent = [], sent, []
+            for i in range(len(groups)):
+                start = time.perf_counter()
+                results.append(env.step_wait(i) if pipelined else env.step(chosen[i]))
+                if timing is not None:
+                    timing["env_s"] = timing.get("env_s", 0.0) + time.perf_counter() - start
+                if t + 1 < n_steps:
+                    sent.append(choose_and_send(i, results[-1][0]))
+            yield extras, merge_step_results(results)
+    finally:
+        torch.set_num_threads(threads)
 
 
 class EpisodeStats:
@@ -252,13 +310,17 @@ def run_episodes(
         limit = int(n_steps)
     obs, _ = env.reset(options=dict(reset_options)) if reset_options else env.reset()
     env_steps = 0
-    for _ in range(limit):
-        sample = policy.sample(obs_to_tensor(obs, device), deterministic=deterministic)
-        obs, reward, terminated, truncated, info = env.step(actions_to_numpy(sample.actions, act_steps))
-        stats.step(reward, terminated | truncated, info)
-        env_steps += int(np.sum(info.get("chunk_steps", act_steps)))
-        if quota is not None and bool((stats.per_env >= quota).all()):
-            break
+
+    def act(group_obs: dict[str, np.ndarray]) -> tuple[np.ndarray, None]:
+        sample = policy.sample(obs_to_tensor(group_obs, device), deterministic=deterministic)
+        return actions_to_numpy(sample.actions, act_steps), None
+
+    with closing(step_env_groups(env, obs, limit, act)) as steps:
+        for _, (_obs, reward, terminated, truncated, info) in steps:
+            stats.step(reward, terminated | truncated, info)
+            env_steps += int(np.sum(info.get("chunk_steps", act_steps)))
+            if quota is not None and bool((stats.per_env >= quota).all()):
+                break
     if quota is not None and not bool((stats.per_env >= quota).all()):
         log.warning(
             "evaluation stopped after %d chunks with %d of %d episodes",

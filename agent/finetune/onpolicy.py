@@ -32,10 +32,9 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from agent.config import require
-from agent.finetune.base import Algorithm, FinetuneAgent, actions_to_numpy, obs_to_tensor
+from agent.finetune.base import Algorithm, FinetuneAgent, actions_to_numpy, obs_to_tensor, step_env_groups
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.reward_scaling import RunningRewardScaler
-from env.pipeline import PipelinedVectorEnv, merge_step_results
 
 log = logging.getLogger(__name__)
 
@@ -127,85 +126,53 @@ class OnPolicyAgent(FinetuneAgent):
     def collect(self) -> dict[str, float]:
         """Fill the buffer with `n_steps` chunks per env; returns rollout timing.
 
-        With a `PipelinedVectorEnv` (`env.pipeline`) the envs are stepped in groups by a worker process: each
-        group's next chunk is sampled as soon as its step returns, while the worker steps the other group, and
-        the policy keeps one core fewer than torch's threads so the worker has its own (`env_s` is then the time
-        spent waiting for the envs). A plain vector env is one group, sampled and stepped in turn.
+        The envs are stepped by `step_env_groups`: with `env.pipeline` a worker process steps one group of envs
+        while the policy samples the other group's chunks (`env_s` is then the time spent waiting for the envs).
         """
         buf, policy, device = self.buffer, self.policy, self.device
         if self._needs_reset or self.reset_at_iteration or self._obs is None:
             self._obs = self.reset_envs()
             self._firsts[:] = True
-        env = self.env
-        pipelined = isinstance(env, PipelinedVectorEnv)
-        groups = env.groups if pipelined else [slice(0, self.n_envs)]
-        stepped: list[Any] = [None] * len(groups)
-        if pipelined:
-            send, receive = env.step_async, env.step_wait
-        else:
 
-            def send(i: int, actions: np.ndarray) -> None:
-                stepped[i] = actions
-
-            def receive(i: int) -> Any:
-                return env.step(stepped[i])
-
-        def sample_and_send(i: int, group_obs: dict[str, np.ndarray]) -> tuple[dict[str, Tensor], Tensor]:
+        def act(group_obs: dict[str, np.ndarray]) -> tuple[np.ndarray, tuple[dict[str, Tensor], Tensor]]:
             cond = obs_to_tensor(group_obs, device)
             sample = policy.sample(cond, deterministic=False, return_chain=True)
-            send(i, actions_to_numpy(sample.actions, self.act_steps))
-            return cond, sample.chain
+            return actions_to_numpy(sample.actions, self.act_steps), (cond, sample.chain)
 
-        threads = torch.get_num_threads()
-        if pipelined and device.type == "cpu" and threads > 1:
-            torch.set_num_threads(threads - 1)
         policy.eval()
         start = time.perf_counter()
         env_steps = 0
-        env_s = 0.0
-        try:
-            obs = self._obs
-            sent = [sample_and_send(i, {k: v[g] for k, v in obs.items()}) for i, g in enumerate(groups)]
-            for t in range(self.n_steps):
-                results, current = [], sent
-                sent = []
-                for i in range(len(groups)):
-                    t_env = time.perf_counter()
-                    results.append(receive(i))
-                    env_s += time.perf_counter() - t_env
-                    if t + 1 < self.n_steps:
-                        sent.append(sample_and_send(i, results[-1][0]))
-                obs, reward, terminated, truncated, info = merge_step_results(results)
-                if len(current) == 1:
-                    cond, chain = current[0]
-                else:
-                    cond = {k: torch.cat([c[k] for c, _ in current]) for k in current[0][0]}
-                    chain = torch.cat([ch for _, ch in current])
-                buf.add(
-                    t,
-                    cond,
-                    chain,
-                    torch.from_numpy(np.asarray(reward, dtype=np.float32)),
-                    torch.from_numpy(terminated),
-                    torch.from_numpy(truncated),
-                    torch.from_numpy(self._firsts),
-                )
-                if truncated.any():
-                    rows = np.flatnonzero(truncated)
-                    final = {k: v[rows] for k, v in info["final_obs"].items()}
-                    idx = torch.from_numpy(rows).to(device)
-                    buf.bootstrap_values[t, idx] = self.algorithm.values(obs_to_tensor(final, device))
-                done = terminated | truncated
-                self.episodes.step(reward, done, info)
-                self._firsts = done.copy()
-                env_steps += int(np.sum(info.get("chunk_steps", self.act_steps)))
-        finally:
-            torch.set_num_threads(threads)
-        self._obs = obs
-        buf.last_values.copy_(self.algorithm.values(obs_to_tensor(obs, device)))
+        timing = {"env_s": 0.0}
+        steps = step_env_groups(self.env, self._obs, self.n_steps, act, timing)
+        for t, (sampled, (obs, reward, terminated, truncated, info)) in enumerate(steps):
+            self._obs = obs
+            if len(sampled) == 1:
+                cond, chain = sampled[0]
+            else:
+                cond = {k: torch.cat([c[k] for c, _ in sampled]) for k in sampled[0][0]}
+                chain = torch.cat([ch for _, ch in sampled])
+            buf.add(
+                t,
+                cond,
+                chain,
+                torch.from_numpy(np.asarray(reward, dtype=np.float32)),
+                torch.from_numpy(terminated),
+                torch.from_numpy(truncated),
+                torch.from_numpy(self._firsts),
+            )
+            if truncated.any():
+                rows = np.flatnonzero(truncated)
+                final = {k: v[rows] for k, v in info["final_obs"].items()}
+                idx = torch.from_numpy(rows).to(device)
+                buf.bootstrap_values[t, idx] = self.algorithm.values(obs_to_tensor(final, device))
+            done = terminated | truncated
+            self.episodes.step(reward, done, info)
+            self._firsts = done.copy()
+            env_steps += int(np.sum(info.get("chunk_steps", self.act_steps)))
+        buf.last_values.copy_(self.algorithm.values(obs_to_tensor(self._obs, device)))
         self.env_steps += env_steps
         rollout_s = time.perf_counter() - start
-        return {"rollout_s": rollout_s, "env_s": env_s, "rollout_env_steps": env_steps}
+        return {"rollout_s": rollout_s, "env_s": timing["env_s"], "rollout_env_steps": env_steps}
 
     @torch.no_grad()
     def compute_values(self) -> None:

@@ -121,3 +121,42 @@ def test_reset_drops_the_answers_of_abandoned_steps():
         env.step(np.zeros((2, 4, 2)))
     finally:
         env.close()
+
+
+def test_step_env_groups_overlaps_groups_with_the_plain_env_results():
+    import torch
+
+    from agent.finetune.base import step_env_groups
+
+    plain = make_vec_env(cfg("avoid_m1", "d3il_lowdim", 3, max_episode_steps=12), seed=2)
+    piped = make_vec_env(cfg("avoid_m1", "d3il_lowdim", 3, max_episode_steps=12, pipeline=True), seed=2)
+    seen: list[int] = []
+
+    def act(group_obs):  # a deterministic "policy" of the observation; extra = the group's size
+        seen.append(len(group_obs["state"]))
+        return np.tanh(group_obs["state"][:, -1:, :2].repeat(4, axis=1) * 3), len(group_obs["state"])
+
+    try:
+        threads = torch.get_num_threads()
+        results = {}
+        for name, env in (("plain", plain), ("piped", piped)):
+            timing: dict[str, float] = {}
+            seen.clear()
+            steps = list(step_env_groups(env, env.reset()[0], 6, act, timing))
+            results[name] = steps
+            assert timing["env_s"] > 0 and torch.get_num_threads() == threads
+            assert seen == ([3] * 6 if name == "plain" else [2, 1] * 6)  # each step chosen per group, in order
+        for (extra_a, step_a), (extra_b, step_b) in zip(results["plain"], results["piped"]):
+            assert extra_a == [3] and extra_b == [2, 1]
+            for a, b in zip(step_a, step_b):
+                assert_same(a, b)
+        with torch.no_grad():  # a consumer that stops early: threads restored, the env usable after a reset
+            gen = step_env_groups(piped, piped.reset()[0], 5, act)
+            next(gen)
+            gen.close()
+        assert torch.get_num_threads() == threads
+        piped.reset()
+        piped.step(np.zeros((3, 4, 2)))
+    finally:
+        plain.close()
+        piped.close()

@@ -177,8 +177,9 @@ def finetune_config(policy: str, base: Path, n_itr: int, extra: list[str] = ()):
 
 
 def mean_reward(rows: list[dict], first: bool) -> float:
+    """The first iteration's mean chunk reward (its rollout precedes every update), or the last three's mean."""
     rewards = [r["train/reward_mean"] for r in rows if "train/reward_mean" in r]
-    part = rewards[:3] if first else rewards[-3:]
+    part = rewards[:1] if first else rewards[-3:]
     return float(np.mean(part))
 
 
