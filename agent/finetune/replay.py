@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from agent.config import require
-from agent.finetune.base import Algorithm, FinetuneAgent, actions_to_numpy, obs_to_tensor
+from agent.finetune.base import Algorithm, FinetuneAgent, actions_to_numpy, obs_to_tensor, step_env_groups
 from agent.pretrain import make_adamw
 from agent.schedulers import CosineWarmupRestarts
 from model.base import Sample
@@ -580,22 +580,30 @@ class ReplayAgent(FinetuneAgent):
         if self._needs_reset or self.reset_at_iteration or self._obs is None:
             buf.mark_interrupted()
             self._obs = self.reset_envs()
-        obs = self._obs
         self.policy.eval()
         start = time.perf_counter()
-        env_steps, env_s, reward_sum = 0, 0.0, 0.0
-        for _ in range(self.n_steps):
-            cond = obs_to_tensor(obs, device)
+        env_steps, reward_sum = 0, 0.0
+        timing = {"env_s": 0.0}
+
+        def act(group_obs: dict[str, np.ndarray]) -> tuple[np.ndarray, tuple[dict[str, Tensor], Tensor]]:
+            cond = obs_to_tensor(group_obs, device)
             actions = self.algorithm.act(cond, deterministic=False)
-            t_env = time.perf_counter()
-            obs, reward, terminated, truncated, info = self.env.step(actions_to_numpy(actions, self.act_steps))
-            env_s += time.perf_counter() - t_env
+            return actions_to_numpy(actions, self.act_steps), (cond, actions[:, : self.act_steps])
+
+        steps = step_env_groups(self.env, self._obs, self.n_steps, act, timing)
+        for chosen, (obs, reward, terminated, truncated, info) in steps:
+            self._obs = obs
+            if len(chosen) == 1:
+                cond, actions = chosen[0]
+            else:
+                cond = {k: torch.cat([c[k] for c, _ in chosen]) for k in chosen[0][0]}
+                actions = torch.cat([a for _, a in chosen])
             done = terminated | truncated
             # s' is the env's final_obs: a fresh copy holding the pre-reset observation where an episode ended
             # (bootstrapping truncations); the live `obs` keeps the new episode's first observation.
             buf.add(
                 cond,
-                actions[:, : self.act_steps],
+                actions,
                 torch.from_numpy(np.asarray(reward, dtype=np.float32)).to(device) * self.scale_reward,
                 obs_to_tensor(info["final_obs"], device),
                 torch.from_numpy(terminated).to(device),
@@ -604,11 +612,10 @@ class ReplayAgent(FinetuneAgent):
             self.episodes.step(reward, done, info)
             reward_sum += float(np.sum(reward))
             env_steps += int(np.sum(info.get("chunk_steps", self.act_steps)))
-        self._obs = obs
         self.env_steps += env_steps
         return {
             "rollout_s": time.perf_counter() - start,
-            "env_s": env_s,
+            "env_s": timing["env_s"],
             "rollout_env_steps": env_steps,
             "reward_mean": reward_sum / (self.n_steps * self.n_envs),
         }
