@@ -58,9 +58,14 @@ def merge_step_results(results: Sequence[StepResult]) -> StepResult:
     return tuple(concat_groups(parts) for parts in zip(*results))  # type: ignore[return-value]
 
 
-def _worker(conn: Any, env_fns: Sequence[Callable[[], gym.Env]], groups: Sequence[slice], kwargs: dict) -> None:
+def _worker(
+    conn: Any, parent_conn: Any, env_fns: Sequence[Callable[[], gym.Env]], groups: Sequence[slice], kwargs: dict
+) -> None:
     """Worker process: build the groups, then answer (command, group, payload) messages in order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it closes the worker)
+    # A forked worker holds a copy of the parent's end: close it, so that the parent's death ends `recv` (EOFError)
+    # and the worker with it, instead of leaving it waiting forever.
+    parent_conn.close()
     from env.factory import vectorize
 
     envs: list[ChunkedVectorEnv] = []
@@ -150,7 +155,10 @@ class PipelinedVectorEnv:
         ctx = multiprocessing.get_context(context)
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(
-            target=_worker, args=(child, list(env_fns), self.groups, kwargs), name=f"{name}-envs", daemon=True
+            target=_worker,
+            args=(child, self._conn, list(env_fns), self.groups, kwargs),
+            name=f"{name}-envs",
+            daemon=True,
         )
         try:
             self._process.start()

@@ -40,7 +40,21 @@ def run_config(cfg: DictConfig) -> None:
         agent_cls = get_class(target)
     except Exception as exc:
         raise ConfigError(f"_target_={target} cannot be imported ({exc})") from exc
-    agent_cls(cfg).run()
+    agent = agent_cls(cfg)
+    try:
+        agent.run()
+    except KeyboardInterrupt:
+        from agent.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(agent.logdir)
+        if last is None:
+            print(f"interrupted before the first checkpoint of {agent.logdir}", file=sys.stderr)
+        else:
+            print(
+                f"interrupted; continue from {last} with the same command and resume={agent.logdir}",
+                file=sys.stderr,
+            )
+        sys.exit(130)
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name=None)

@@ -92,3 +92,35 @@ def test_malformed_dataset_and_dim_mismatch(tmp_path):
     make_demo_npz(tmp_path / "data/gym/hopper-medium-v2/train.npz", 7, 3, (40,))
     out = run_cli(_small(["train.n_epochs=1"]), tmp_path)
     assert out.returncode == 2 and "obs_dim=11" in out.stderr.strip().splitlines()[-1]
+
+
+def test_ctrl_c_stops_with_one_line_naming_the_checkpoint_to_resume(tmp_path):
+    import signal
+    import time
+
+    make_demo_npz(tmp_path / "data/gym/hopper-medium-v2/train.npz", 11, 3, (40, 40))
+    env = {**os.environ, "DPPO_DATA_DIR": str(tmp_path / "data"), "DPPO_LOG_DIR": str(tmp_path / "log")}
+    proc = subprocess.Popen(
+        [sys.executable, "script/run.py", *_small(["train.n_epochs=100000", "train.save_model_freq=1"])],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((tmp_path / "log").glob("*/*/*/checkpoint/state_*.pt")):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    run = next((tmp_path / "log/gym-pretrain").glob("*/*"))
+    assert proc.returncode == 130
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted; continue from ") and f"resume={run}" in last, err[-1500:]
+    assert "Traceback" not in err
+    out = run_cli(_small(["train.n_epochs=1", f"resume={run}"]), tmp_path)  # the named checkpoint loads
+    assert out.returncode == 0, out.stderr[-2000:]

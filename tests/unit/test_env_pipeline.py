@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +161,36 @@ def test_step_env_groups_overlaps_groups_with_the_plain_env_results():
     finally:
         plain.close()
         piped.close()
+
+
+def test_worker_exits_when_its_parent_is_killed():
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    code = (
+        "from env import make_vec_env; import time; "
+        "env = make_vec_env({'name': 'avoid_m1', 'n_envs': 2, 'pipeline': True}, seed=0); env.reset(); "
+        "print(env._process.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        parent.kill()  # no chance to close the env
+        parent.wait(10)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            stat = Path(f"/proc/{worker}/stat")
+            try:  # gone, or a zombie waiting for whoever adopted it
+                if stat.read_text().split(")")[-1].split()[0] == "Z":
+                    break
+            except FileNotFoundError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the env worker outlived its killed parent")
+    finally:
+        parent.kill()
