@@ -194,3 +194,13 @@ def test_worker_exits_when_its_parent_is_killed():
             pytest.fail("the env worker outlived its killed parent")
     finally:
         parent.kill()
+
+
+def test_a_sub_env_that_fails_to_build_raises_its_own_error_in_the_parent():
+    bad = {"name": "avoid_m1", "n_envs": 2, "wrappers": {"d3il_lowdim": {"normalization_path": "/nowhere/n.npz"}}}
+    errors = []
+    for pipeline in (False, True):
+        with pytest.raises(FileNotFoundError, match="normalization file not found: /nowhere/n.npz") as info:
+            make_vec_env({**bad, "pipeline": pipeline}, seed=0)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
