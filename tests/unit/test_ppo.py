@@ -392,9 +392,13 @@ def test_critic_on_distinct_states_gives_the_per_row_loss_and_gradients():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("kind", list(POLICIES))
+def make_ddim_eta() -> DiffusionModel:
+    return make_diffusion(k_ft=4, use_ddim=True, ddim_steps=4, eta=EtaFixed(0.5, 0.1, 1.0), learn_eta=True)
+
+
+@pytest.mark.parametrize("kind", [*POLICIES, "ddim_eta"])
 def test_backward_in_row_chunks_gives_the_one_pass_gradients_and_diagnostics(kind):
-    policy = POLICIES[kind]()
+    policy = make_ddim_eta() if kind == "ddim_eta" else POLICIES[kind]()
     ppo = make_ppo(
         policy, ent_coef=0.01, clip_advantage_lower_quantile=0.1, clip_advantage_upper_quantile=0.9, batch_size=20
     )
@@ -404,7 +408,7 @@ def test_backward_in_row_chunks_gives_the_one_pass_gradients_and_diagnostics(kin
         for p in policy.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))
     mb = next(ppo.minibatches(buf, old))
-    params_ = [*ppo.actor_params, *ppo.critic.parameters()]
+    params_ = [*ppo.actor_params, *ppo.eta_params, *ppo.critic.parameters()]
     results = []
     for chunk in (None, 3):  # one pass (the whole minibatch), then chunks of 3 rows (the last one shorter)
         ppo.cfg.update_chunk_rows = chunk
@@ -421,7 +425,7 @@ def test_backward_in_row_chunks_gives_the_one_pass_gradients_and_diagnostics(kin
     assert info_one.keys() == info_chunked.keys() and {"pg_loss", "approx_kl", "clip_frac"} <= info_one.keys()
     for key in info_one:
         torch.testing.assert_close(info_chunked[key], info_one[key], rtol=1e-5, atol=1e-7)
-    assert info_one["clip_frac"] > 0
+    assert info_one["clip_frac"] > 0 and ("entropy" in info_one) == (kind != "diffusion")
     for a, b in zip(grads_chunked, grads_one):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
