@@ -127,6 +127,17 @@ def actions_to_numpy(actions: Tensor, act_steps: int) -> np.ndarray:
     return actions[:, :act_steps].detach().to("cpu", torch.float32).numpy()
 
 
+def cat_groups(parts: list[Any]) -> Any:
+    """Per-group tensors, or tuples / dicts of them, concatenated along the env axis (one group: as is)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], tuple):
+        return tuple(cat_groups(list(field)) for field in zip(*parts))
+    if isinstance(parts[0], dict):
+        return {k: cat_groups([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
 def step_env_groups(
     env: Any,
     obs: Mapping[str, np.ndarray],

@@ -32,7 +32,14 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from agent.config import require
-from agent.finetune.base import Algorithm, FinetuneAgent, actions_to_numpy, obs_to_tensor, step_env_groups
+from agent.finetune.base import (
+    Algorithm,
+    FinetuneAgent,
+    actions_to_numpy,
+    cat_groups,
+    obs_to_tensor,
+    step_env_groups,
+)
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.reward_scaling import RunningRewardScaler
 
@@ -146,11 +153,7 @@ class OnPolicyAgent(FinetuneAgent):
         steps = step_env_groups(self.env, self._obs, self.n_steps, act, timing)
         for t, (sampled, (obs, reward, terminated, truncated, info)) in enumerate(steps):
             self._obs = obs
-            if len(sampled) == 1:
-                cond, chain = sampled[0]
-            else:
-                cond = {k: torch.cat([c[k] for c, _ in sampled]) for k in sampled[0][0]}
-                chain = torch.cat([ch for _, ch in sampled])
+            cond, chain = cat_groups(sampled)
             buf.add(
                 t,
                 cond,

@@ -42,7 +42,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from agent.config import require
-from agent.finetune.base import Algorithm, FinetuneAgent, actions_to_numpy, obs_to_tensor, step_env_groups
+from agent.finetune.base import (
+    Algorithm,
+    FinetuneAgent,
+    actions_to_numpy,
+    cat_groups,
+    obs_to_tensor,
+    step_env_groups,
+)
 from agent.pretrain import make_adamw
 from agent.schedulers import CosineWarmupRestarts
 from model.base import Sample
@@ -593,11 +600,7 @@ class ReplayAgent(FinetuneAgent):
         steps = step_env_groups(self.env, self._obs, self.n_steps, act, timing)
         for chosen, (obs, reward, terminated, truncated, info) in steps:
             self._obs = obs
-            if len(chosen) == 1:
-                cond, actions = chosen[0]
-            else:
-                cond = {k: torch.cat([c[k] for c, _ in chosen]) for k in chosen[0][0]}
-                actions = torch.cat([a for _, a in chosen])
+            cond, actions = cat_groups(chosen)
             done = terminated | truncated
             # s' is the env's final_obs: a fresh copy holding the pre-reset observation where an episode ended
             # (bootstrapping truncations); the live `obs` keeps the new episode's first observation.
