@@ -412,19 +412,16 @@ class PPO(OnPolicyAlgorithm):
         Returns:
             the detached diagnostics of `loss`.
         """
+        n = len(mb.step)
+        chunk = self.chunk_rows(mb.step.device) or n
+        if not train_actor or chunk >= n:
+            loss, info = self.loss(mb, train_actor)
+            (scale * loss).backward()
+            return info
         v_loss = self.critic_loss(mb)
         info = {"v_loss": v_loss.detach()}
-        if not train_actor:
-            (scale * self.cfg.vf_coef * v_loss).backward()
-            return info
-        n = len(mb.step)
-        adv = self.actor_advantages(mb)
-        chunk = self.chunk_rows(mb.step.device) or n
-        if chunk >= n:
-            actor, actor_info = self.actor_loss(mb, adv, n)
-            (scale * (self.cfg.vf_coef * v_loss + actor)).backward()
-            return {**info, **actor_info}
         (scale * self.cfg.vf_coef * v_loss).backward()
+        adv = self.actor_advantages(mb)
         for lo in range(0, n, chunk):
             rows = slice(lo, lo + chunk)
             part = Minibatch(
