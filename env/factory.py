@@ -117,6 +117,9 @@ class EnvConfig:
             positive("max_episode_steps", self.max_episode_steps)
         if self.step_timeout is not None and self.step_timeout <= 0:
             raise EnvConfigError(f"env.step_timeout must be > 0 or null, got {self.step_timeout}")
+        for key in ("asynchronous", "pipeline"):
+            if not isinstance(getattr(self, key), bool):
+                raise EnvConfigError(f"env.{key} must be true or false, got {getattr(self, key)!r}")
         if self.pipeline and self.asynchronous:
             raise EnvConfigError("env.pipeline and env.asynchronous exclude each other: set one of them to false")
         if self.mp_context not in (None, "fork", "spawn", "forkserver"):

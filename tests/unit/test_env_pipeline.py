@@ -109,6 +109,8 @@ def test_dead_worker_is_reported_with_its_exit():
 
 
 def test_pipeline_and_asynchronous_exclude_each_other():
+    with pytest.raises(EnvConfigError, match="env.pipeline must be true or false, got 'maybe'"):
+        make_vec_env(cfg("avoid_m1", "d3il_lowdim", 2, pipeline="maybe"), seed=0)
     with pytest.raises(EnvConfigError, match="env.pipeline and env.asynchronous exclude each other"):
         make_vec_env(cfg("avoid_m1", "d3il_lowdim", 2, pipeline=True, asynchronous=True), seed=0)
 
