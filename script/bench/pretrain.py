@@ -1,20 +1,27 @@
 """Pretraining throughput: samples/s end to end (data + step + EMA) and model-only, per config.
 
-    python script/bench/pretrain.py [--device cpu] [--steps 200] [--configs hopper can]
+    python script/bench/pretrain.py [--device cpu] [--steps 200] [--configs hopper can] [--emulate-reference]
 
 Uses the real configs (`cfg/gym/pretrain/hopper-medium-v2/pre_diffusion_mlp`, `cfg/robomimic/pretrain/can/
 pre_diffusion_mlp`) and the real `PretrainAgent`, on a generated dataset of D4RL-like size. Reference figures on a
 2-core CPU (DPPO, torch 2.13): hopper ~22k samples/s end to end, ~32k model-only; can ~26k / ~34k.
+
+With `--emulate-reference`, the reference's way of running the same step is timed too, on this machine and
+interleaved with this repo's runs (the CPU's speed drifts when it is shared): windows sliced one `__getitem__` at a
+time and collated by a `DataLoader` with 4 workers (its default on CPU) and with 0, the single-tensor AdamW (torch's
+default on CPU) and a per-parameter EMA loop; same model, loss and batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from agent.config import CFG_ROOT, compose  # noqa: E402
+from agent.dataset import StitchedSequenceDataset  # noqa: E402
 from agent.pretrain import PretrainAgent  # noqa: E402
 
 CONFIGS = {
@@ -44,22 +52,102 @@ def write_dataset(path: Path, obs_dim: int, action_dim: int, n_traj: int = 200, 
     )
 
 
-def measure(agent: PretrainAgent, steps: int, end_to_end: bool, repeats: int = 3) -> float:
-    """Median samples/s over `repeats` timed runs of `steps` optimizer steps."""
+class PerWindowDataset(torch.utils.data.Dataset):
+    """The reference's loader input: one (actions (Ta, Da), states (To, Do)) window sliced per `__getitem__`."""
+
+    def __init__(self, dataset: StitchedSequenceDataset) -> None:
+        self.actions, self.states = dataset.actions, dataset.states
+        self.starts, self.offsets = dataset._starts.tolist(), dataset._offsets.tolist()
+        self.ta, self.to = dataset.horizon_steps, dataset.cond_steps
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start, offset = self.starts[i], self.offsets[i]
+        history = [start - min(back, offset) for back in range(self.to - 1, -1, -1)]
+        return self.actions[start : start + self.ta], self.states[history]
+
+
+class ReferenceStep:
+    """The reference's pretraining step on a copy of the agent's model: loss, backward, single-tensor AdamW, and
+    every 10 batches an EMA update written as a loop over parameters."""
+
+    def __init__(self, agent: PretrainAgent) -> None:
+        t = agent.cfg.train
+        self.model = copy.deepcopy(agent.model)
+        self.ema = [p.detach().clone() for p in self.model.parameters()]
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        self.decay, self.n = float(agent.cfg.ema.decay), 0
+
+    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        actions, states = batch
+        loss = self.model.loss(actions, {"state": states})
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        if self.n % 10 == 0:
+            for e, p in zip(self.ema, self.model.parameters()):
+                e.copy_(e * self.decay + (1 - self.decay) * p.detach())
+        self.n += 1
+
+
+def time_steps(step, batches, steps: int, batch_size: int, device: torch.device) -> float:
+    """samples/s of `steps` calls `step(next(batches))`."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(next(batches))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def measure(runs: dict, steps: int, batch_size: int, device: torch.device, repeats: int = 3) -> dict[str, float]:
+    """Median samples/s of each `name -> (step, make_batches)` over `repeats` rounds (after one warm-up round),
+    the runs interleaved within each round so that a drift of the machine's speed affects them alike."""
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats + 1):
+        for name, (step, make_batches) in runs.items():
+            rates[name].append(time_steps(step, make_batches(), steps, batch_size, device))
+    return {name: statistics.median(r[1:]) for name, r in rates.items()}
+
+
+def agent_runs(agent: PretrainAgent) -> dict:
+    """This repo's end-to-end (tensor-gathered batches) and model-only (one fixed batch) runs."""
     bs = agent.cfg.train.batch_size
     fixed = agent.dataset.get_batch(torch.arange(bs, device=agent.device))
-    rates = []
-    for _ in range(repeats + 1):  # the first run warms up
-        it = agent.dataset.iterate(bs, generator=agent.generator, drop_last=True)
-        if agent.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            agent.train_step(next(it) if end_to_end else fixed)
-        if agent.device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(steps * bs / (time.perf_counter() - t0))
-    return statistics.median(rates[1:])
+
+    def batches():
+        return agent.dataset.iterate(bs, generator=agent.generator, drop_last=True)
+
+    def repeat_fixed():
+        return iter(lambda: fixed, None)
+
+    return {"e2e": (agent.train_step, batches), "model": (agent.train_step, repeat_fixed)}
+
+
+def reference_runs(agent: PretrainAgent, steps: int) -> dict:
+    """The reference's end-to-end runs with a DataLoader of 4 and of 0 workers (see the module docstring), and its
+    step alone on one fixed batch."""
+    warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on 2 cores: as DPPO
+    bs, step = agent.cfg.train.batch_size, ReferenceStep(agent)
+    data = PerWindowDataset(agent.dataset)
+    workers = (4, 0) if agent.device.type == "cpu" else (0,)  # as DPPO: no workers when the data is on the GPU
+    loader = torch.utils.data.DataLoader
+    loaders = {w: loader(data, batch_size=bs, shuffle=True, num_workers=w, drop_last=True) for w in workers}
+
+    def batches(workers: int):
+        it = iter(loaders[workers])
+        for _ in range(min(16, steps)):  # start the workers and fill their queues before the clock starts
+            next(it)
+        return it
+
+    fixed = next(iter(loaders[0]))
+    runs = {f"ref{w}": (step, lambda w=w: batches(w)) for w in loaders}
+    runs["refmodel"] = (step, lambda: iter(lambda: fixed, None))
+    return runs
 
 
 def main() -> None:
@@ -68,6 +156,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per timed run")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
+    parser.add_argument(
+        "--emulate-reference", action="store_true", help="also time the reference's loader and step, interleaved"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,15 +178,27 @@ def main() -> None:
             )
             agent = PretrainAgent(cfg)
             agent.epoch = cfg.train.epoch_start_ema  # measure the steady state (EMA lerp, not copy)
-            model_only = measure(agent, args.steps, end_to_end=False)
-            e2e = measure(agent, args.steps, end_to_end=True)
-            rows.append((key, cfg.train.batch_size, str(agent.device), e2e, model_only, reference))
+            runs = agent_runs(agent)
+            if args.emulate_reference:
+                runs.update(reference_runs(agent, args.steps))
+            rates = measure(runs, args.steps, cfg.train.batch_size, agent.device, args.repeats)
+            rows.append((key, cfg.train.batch_size, str(agent.device), rates, reference))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     header = f"{'config':<8} {'batch':>5} {'device':<7} {'end-to-end/s':>13} {'model-only/s':>13} {'e2e/model':>9} "
     header += f"{'e2e vs ref':>10}"
     print(header)
-    for key, bs, dev, e2e, mo, ref in rows:
+    for key, bs, dev, rates, ref in rows:
+        e2e, mo = rates["e2e"], rates["model"]
         print(f"{key:<8} {bs:>5} {dev:<7} {e2e:>13,.0f} {mo:>13,.0f} {e2e / mo:>9.2f} {e2e / ref:>9.2f}x")
+    if args.emulate_reference:
+        print("\nsame machine, interleaved: the reference's loader and step emulated (end to end, samples/s)")
+        print("(reference figures: hopper 22k / 27k / 32k, can 26k / - / 34k)")
+        head = f"{'config':<8} {'4 workers':>10} {'0 workers':>10} {'model-only':>10} {'this repo':>10}"
+        print(f"{head} {'vs 4 workers':>12} {'vs 0':>6}")
+        for key, _, _, rates, _ in rows:
+            r4, r0, rm, e2e = rates.get("ref4", float("nan")), rates["ref0"], rates["refmodel"], rates["e2e"]
+            line = f"{key:<8} {r4:>10,.0f} {r0:>10,.0f} {rm:>10,.0f} {e2e:>10,.0f}"
+            print(f"{line} {e2e / r4:>11.2f}x {e2e / r0:>5.2f}x")
 
 
 if __name__ == "__main__":
