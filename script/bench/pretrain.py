@@ -106,10 +106,12 @@ def time_steps(step, batches, steps: int, batch_size: int, device: torch.device)
 
 def measure(runs: dict, steps: int, batch_size: int, device: torch.device, repeats: int = 3) -> dict[str, float]:
     """Median samples/s of each `name -> (step, make_batches)` over `repeats` rounds (after one warm-up round),
-    the runs interleaved within each round so that a drift of the machine's speed affects them alike."""
+    the runs interleaved within each round (in reverse order every other round) so that a drift of the machine's
+    speed affects them alike."""
     rates: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats + 1):
-        for name, (step, make_batches) in runs.items():
+    for i in range(repeats + 1):
+        for name in list(runs)[:: -1 if i % 2 else 1]:
+            step, make_batches = runs[name]
             rates[name].append(time_steps(step, make_batches(), steps, batch_size, device))
     return {name: statistics.median(r[1:]) for name, r in rates.items()}
 
@@ -156,7 +158,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per timed run")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument(
         "--emulate-reference", action="store_true", help="also time the reference's loader and step, interleaved"
     )
