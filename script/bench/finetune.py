@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,18 +69,23 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall0, time.process_time() - self.cpu0
 
 
-def timed(fn, repeats: int, device: torch.device) -> tuple[float, float]:
-    """Median (wall, cpu) seconds of `fn()` over `repeats` runs after one warm-up run."""
-    fn()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        sync(device)
-        with Clock() as c:
-            fn()
+def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, tuple[float, float]]:
+    """Median (wall, cpu) seconds of each `fns[name]()` over `repeats` rounds after one warm-up call each; within a
+    round the calls are interleaved (in reverse order every other round), so a drift of a shared machine's speed
+    affects them alike."""
+    for fn in fns.values():
+        fn()
+    walls: dict[str, list[float]] = {name: [] for name in fns}
+    cpus: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(repeats):
+        for name in list(fns)[:: -1 if i % 2 else 1]:
             sync(device)
-        walls.append(c.wall)
-        cpus.append(c.cpu)
-    return statistics.median(walls), statistics.median(cpus)
+            with Clock() as c:
+                fns[name]()
+                sync(device)
+            walls[name].append(c.wall)
+            cpus[name].append(c.cpu)
+    return {name: (statistics.median(walls[name]), statistics.median(cpus[name])) for name in fns}
 
 
 def write_base_checkpoint(
@@ -130,7 +136,7 @@ def main() -> None:
 
         # machine calibration: float32 matmul throughput now (the CPU may be shared with other jobs)
         a, w = torch.randn(20000, 512, device=device), torch.randn(512, 512, device=device)
-        t_mm = timed(lambda: a @ w, 5, device)
+        t_mm = timed({"mm": lambda: a @ w}, 5, device)["mm"]
         gflops = tuple(2 * 20000 * 512 * 512 / t / 1e9 for t in t_mm)
 
         # raw vector env: the plain in-process sync env (the env benchmark's), whatever env.pipeline says
@@ -147,11 +153,31 @@ def main() -> None:
                 raw_steps += int(info["chunk_steps"].sum())
         raw_rate = (raw_steps / c.wall, raw_steps / c.cpu)
 
+        # Same-machine comparison with the reference's known non-mathematical costs (reference Appendix C),
+        # emulated on top of this repo's code and timed in the same rounds: sampling runs the frozen net as well on
+        # the K' fine-tuned steps (30 passes instead of 20); scoring runs the frozen net too (two actor passes per
+        # row); the update also evaluates the critic once per row and builds the denoising discounts with a Python
+        # loop over the rows.
+        net, k_ft = policy.network, policy.n_chain_steps
+
+        def rates(work: float, ours, reference, repeats: int) -> tuple[tuple[float, float], tuple | None]:
+            """(wall, cpu) rates of `work` units per call of `ours`, and of `reference` with --emulate-reference."""
+            fns = {"ours": ours, "ref": reference} if args.emulate_reference else {"ours": ours}
+            times = timed(fns, repeats, device)
+            as_rate = {name: tuple(work / t for t in times[name]) for name in times}
+            return as_rate["ours"], as_rate.get("ref")
+
         # policy chunk queries (40 conditions, with chains, no grad)
         cond = {"state": torch.rand(n_envs, 1, 11, device=device) * 2 - 1}
+
+        def ref_sample() -> None:
+            policy.sample(cond, return_chain=True)
+            x, t = torch.zeros(n_envs, 4, 3, device=device), torch.zeros(n_envs, dtype=torch.long, device=device)
+            for _ in range(k_ft):
+                net(x, t, cond)
+
         with torch.no_grad():
-            t_sample = timed(lambda: policy.sample(cond, return_chain=True), 20, device)
-        chunk_rate = tuple(n_envs / t for t in t_sample)
+            chunk_rate, e_sample = rates(n_envs, lambda: policy.sample(cond, return_chain=True), ref_sample, 20)
 
         # rollout through the agent (sampling + env + buffer), with the config's env and with the plain one
         agent.n_steps = args.steps
@@ -172,8 +198,20 @@ def main() -> None:
         pairs = buf.n_rows * policy.n_chain_steps
 
         # old-log-prob pass
-        t_lp = timed(lambda: ppo.old_log_probs(buf, ppo.cfg.logprob_batch_size), args.repeats, device)
-        logprob_rate = tuple(pairs / t for t in t_lp)
+        def ref_logprob() -> None:
+            ppo.old_log_probs(buf, ppo.cfg.logprob_batch_size)
+            obs, chains = buf.flat_obs(), buf.chains.view(buf.n_rows, k_ft + 1, 4, 3)
+            for lo in range(0, buf.n_rows, ppo.cfg.logprob_batch_size):
+                hi = min(lo + ppo.cfg.logprob_batch_size, buf.n_rows)
+                x = chains[lo:hi, :-1].reshape(-1, 4, 3)
+                st = obs["state"][lo:hi].repeat_interleave(k_ft, 0)
+                net(x, torch.zeros(len(x), dtype=torch.long, device=device), {"state": st})
+
+        with torch.no_grad():
+            logprob_rate, e_lp = rates(
+                pairs, lambda: ppo.old_log_probs(buf, ppo.cfg.logprob_batch_size), ref_logprob, args.repeats
+            )
+        ppo.old_log_probs(buf, ppo.cfg.logprob_batch_size)
         old = buf.log_probs.view(buf.n_rows, -1)
 
         # update minibatches: forward + backward + AdamW (actor and critic)
@@ -187,56 +225,23 @@ def main() -> None:
             ppo.optimizers["actor"].step()
             ppo.optimizers["critic"].step()
 
-        t_mb = timed(one_minibatch, args.repeats, device)
-        update_rate = tuple(args.batch / t for t in t_mb)
+        def ref_minibatch() -> None:
+            mb = next(ppo.minibatches(buf, old))
+            mb = mb._replace(critic_cond=None, critic_index=None)
+            rows = torch.arange(len(mb.step), device=device)
+            net(mb.chains[rows, mb.step], mb.step, mb.cond)
+            weights = torch.empty(len(mb.step))
+            for i, k in enumerate(mb.step.tolist()):  # the reference's per-row loop
+                weights[i] = ppo.cfg.gamma_denoising ** (k_ft - k - 1)
+            loss, _ = ppo.loss(mb)
+            for opt in ppo.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            ppo.optimizers["actor"].step()
+            ppo.optimizers["critic"].step()
 
-        # Same-machine comparison with the reference's known non-mathematical costs (reference Appendix C),
-        # emulated on top of this repo's code: sampling runs the frozen net as well on the K' fine-tuned steps
-        # (30 passes instead of 20); scoring runs the frozen net too (two actor passes per row); the update also
-        # evaluates the critic once per row and builds the denoising discounts with a Python loop over the rows.
-        emulated = None
-        if args.emulate_reference:
-            net, k_ft = policy.network, policy.n_chain_steps
-
-            def ref_sample() -> None:
-                policy.sample(cond, return_chain=True)
-                x, t = torch.zeros(n_envs, 4, 3, device=device), torch.zeros(n_envs, dtype=torch.long, device=device)
-                for _ in range(k_ft):
-                    net(x, t, cond)
-
-            def ref_logprob() -> None:
-                ppo.old_log_probs(buf, ppo.cfg.logprob_batch_size)
-                obs, chains = buf.flat_obs(), buf.chains.view(buf.n_rows, k_ft + 1, 4, 3)
-                for lo in range(0, buf.n_rows, ppo.cfg.logprob_batch_size):
-                    hi = min(lo + ppo.cfg.logprob_batch_size, buf.n_rows)
-                    x = chains[lo:hi, :-1].reshape(-1, 4, 3)
-                    st = obs["state"][lo:hi].repeat_interleave(k_ft, 0)
-                    net(x, torch.zeros(len(x), dtype=torch.long, device=device), {"state": st})
-
-            def ref_minibatch() -> None:
-                mb = next(ppo.minibatches(buf, old))
-                mb = mb._replace(critic_cond=None, critic_index=None)
-                rows = torch.arange(len(mb.step), device=device)
-                net(mb.chains[rows, mb.step], mb.step, mb.cond)
-                weights = torch.empty(len(mb.step))
-                for i, k in enumerate(mb.step.tolist()):  # the reference's per-row loop
-                    weights[i] = ppo.cfg.gamma_denoising ** (k_ft - k - 1)
-                loss, _ = ppo.loss(mb)
-                for opt in ppo.optimizers.values():
-                    opt.zero_grad(set_to_none=True)
-                loss.backward()
-                ppo.optimizers["actor"].step()
-                ppo.optimizers["critic"].step()
-
-            with torch.no_grad():
-                e_sample = timed(ref_sample, 20, device)
-                e_lp = timed(ref_logprob, args.repeats, device)
-            e_mb = timed(ref_minibatch, args.repeats, device)
-            emulated = (
-                tuple(n_envs / t for t in e_sample),
-                tuple(pairs / t for t in e_lp),
-                tuple(args.batch / t for t in e_mb),
-            )
+        update_rate, e_mb = rates(args.batch, one_minibatch, ref_minibatch, args.repeats)
+        emulated = (e_sample, e_lp, e_mb) if args.emulate_reference else None
 
         # one paper-size iteration: 500 steps x 40 envs (80k env steps), 200k rows, 5 epochs of 4 minibatches
         paper_rows, paper_steps = 500 * 40 * 10, 500 * 40 * te
@@ -284,7 +289,7 @@ def main() -> None:
         name = "one paper iteration, s (measured, --full)"
         print(f"{name:50s} {measured[0]:>10.1f} {measured[1]:>10.1f} {ref_it:>10.0f} {ref_it / measured[0]:>7.2f}x")
     if emulated is not None:
-        print("\nsame machine, same run: this repo vs the reference's extra work emulated on top of it (cpu rates)")
+        print("\nsame machine, interleaved: this repo vs the reference's extra work emulated on top of it (cpu rates)")
         names = ("policy chunk queries/s", "old-log-prob pass, rows/s", "PPO update, rows/s")
         ours = (chunk_rate, logprob_rate, update_rate)
         for name, mine, ref_like in zip(names, ours, emulated):
