@@ -34,9 +34,9 @@ format:
 	$(PY) -m ruff check --fix .
 
 bench:
-	$(PY) script/bench/pretrain.py
+	$(PY) script/bench/pretrain.py --emulate-reference
 	$(PY) script/bench/envs.py --quick
-	$(PY) script/bench/finetune.py
+	$(PY) script/bench/finetune.py --emulate-reference
 	$(PY) script/bench/pixels.py --rollout
 
 quickstart: install
