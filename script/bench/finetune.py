@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -69,23 +68,21 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall0, time.process_time() - self.cpu0
 
 
-def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, tuple[float, float]]:
-    """Median (wall, cpu) seconds of each `fns[name]()` over `repeats` rounds after one warm-up call each; within a
+def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, np.ndarray]:
+    """(wall, cpu) seconds ``(repeats, 2)`` of each `fns[name]()` per round, after one warm-up call each; within a
     round the calls are interleaved (in reverse order every other round), so a drift of a shared machine's speed
     affects them alike."""
     for fn in fns.values():
         fn()
-    walls: dict[str, list[float]] = {name: [] for name in fns}
-    cpus: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     for i in range(repeats):
         for name in list(fns)[:: -1 if i % 2 else 1]:
             sync(device)
             with Clock() as c:
                 fns[name]()
                 sync(device)
-            walls[name].append(c.wall)
-            cpus[name].append(c.cpu)
-    return {name: (statistics.median(walls[name]), statistics.median(cpus[name])) for name in fns}
+            times[name].append((c.wall, c.cpu))
+    return {name: np.array(t) for name, t in times.items()}
 
 
 def write_base_checkpoint(
@@ -136,7 +133,7 @@ def main() -> None:
 
         # machine calibration: float32 matmul throughput now (the CPU may be shared with other jobs)
         a, w = torch.randn(20000, 512, device=device), torch.randn(512, 512, device=device)
-        t_mm = timed({"mm": lambda: a @ w}, 5, device)["mm"]
+        t_mm = np.median(timed({"mm": lambda: a @ w}, 5, device)["mm"], axis=0)
         gflops = tuple(2 * 20000 * 512 * 512 / t / 1e9 for t in t_mm)
 
         # raw vector env: the plain in-process sync env (the env benchmark's), whatever env.pipeline says
@@ -160,12 +157,13 @@ def main() -> None:
         # loop over the rows.
         net, k_ft = policy.network, policy.n_chain_steps
 
-        def rates(work: float, ours, reference, repeats: int) -> tuple[tuple[float, float], tuple | None]:
-            """(wall, cpu) rates of `work` units per call of `ours`, and of `reference` with --emulate-reference."""
+        def rates(work: float, ours, reference, repeats: int) -> tuple[tuple[float, float], float | None]:
+            """(wall, cpu) rates of `work` units per call of `ours` (medians over rounds) and, with
+            --emulate-reference, its speed-up over `reference`: the median of the per-round cpu-time ratios."""
             fns = {"ours": ours, "ref": reference} if args.emulate_reference else {"ours": ours}
             times = timed(fns, repeats, device)
-            as_rate = {name: tuple(work / t for t in times[name]) for name in times}
-            return as_rate["ours"], as_rate.get("ref")
+            rate = tuple(work / t for t in np.median(times["ours"], axis=0))
+            return rate, float(np.median(times["ref"][:, 1] / times["ours"][:, 1])) if "ref" in times else None
 
         # policy chunk queries (40 conditions, with chains, no grad)
         cond = {"state": torch.rand(n_envs, 1, 11, device=device) * 2 - 1}
@@ -292,8 +290,9 @@ def main() -> None:
         print("\nsame machine, interleaved: this repo vs the reference's extra work emulated on top of it (cpu rates)")
         names = ("policy chunk queries/s", "old-log-prob pass, rows/s", "PPO update, rows/s")
         ours = (chunk_rate, logprob_rate, update_rate)
-        for name, mine, ref_like in zip(names, ours, emulated):
-            print(f"{name:50s} {mine[1]:>10,.0f} {ref_like[1]:>10,.0f} (emulated) {mine[1] / ref_like[1]:>6.2f}x")
+        for name, mine, speedup in zip(names, ours, emulated):
+            print(f"{name:50s} {mine[1]:>10,.0f} {mine[1] / speedup:>10,.0f} (emulated) {speedup:>6.2f}x")
+        print("(the last column: the median over rounds of the emulated / this repo's time in the same round)")
     print(
         "(iteration: 80k env steps, 200k rows old-log-prob pass, 5 epochs x 4 minibatches of 50k rows; "
         "for the iteration the last column is reference / this repo, i.e. the speed-up)"

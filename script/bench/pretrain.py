@@ -104,16 +104,21 @@ def time_steps(step, batches, steps: int, batch_size: int, device: torch.device)
     return steps * batch_size / (time.perf_counter() - t0)
 
 
-def measure(runs: dict, steps: int, batch_size: int, device: torch.device, repeats: int = 3) -> dict[str, float]:
-    """Median samples/s of each `name -> (step, make_batches)` over `repeats` rounds (after one warm-up round),
-    the runs interleaved within each round (in reverse order every other round) so that a drift of the machine's
-    speed affects them alike."""
+def measure(runs: dict, steps: int, batch_size: int, device: torch.device, repeats: int = 3) -> dict[str, list[float]]:
+    """samples/s of each `name -> (step, make_batches)` in each of `repeats` rounds (after one warm-up round), the
+    runs interleaved within a round (in reverse order every other round) so that a drift of the machine's speed
+    affects them alike: compare two runs by `paired`, the median of their per-round ratios."""
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for i in range(repeats + 1):
         for name in list(runs)[:: -1 if i % 2 else 1]:
             step, make_batches = runs[name]
             rates[name].append(time_steps(step, make_batches(), steps, batch_size, device))
-    return {name: statistics.median(r[1:]) for name, r in rates.items()}
+    return {name: r[1:] for name, r in rates.items()}
+
+
+def paired(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a[i] / b[i]."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def agent_runs(agent: PretrainAgent) -> dict:
@@ -189,18 +194,21 @@ def main() -> None:
     header = f"{'config':<8} {'batch':>5} {'device':<7} {'end-to-end/s':>13} {'model-only/s':>13} {'e2e/model':>9} "
     header += f"{'e2e vs ref':>10}"
     print(header)
+    med = statistics.median
     for key, bs, dev, rates, ref in rows:
-        e2e, mo = rates["e2e"], rates["model"]
-        print(f"{key:<8} {bs:>5} {dev:<7} {e2e:>13,.0f} {mo:>13,.0f} {e2e / mo:>9.2f} {e2e / ref:>9.2f}x")
+        e2e, mo = med(rates["e2e"]), med(rates["model"])
+        line = f"{key:<8} {bs:>5} {dev:<7} {e2e:>13,.0f} {mo:>13,.0f}"
+        print(f"{line} {paired(rates['e2e'], rates['model']):>9.2f} {e2e / ref:>9.2f}x")
     if args.emulate_reference:
         print("\nsame machine, interleaved: the reference's loader and step emulated (end to end, samples/s)")
-        print("(reference figures: hopper 22k / 27k / 32k, can 26k / - / 34k)")
+        print("(reference figures: hopper 22k / 27k / 32k, can 26k / - / 34k; ratios: medians of per-round ratios)")
         head = f"{'config':<8} {'4 workers':>10} {'0 workers':>10} {'model-only':>10} {'this repo':>10}"
-        print(f"{head} {'vs 4 workers':>12} {'vs 0':>6}")
+        print(f"{head} {'vs 4 workers':>12} {'vs 0':>6} {'vs model-only':>13}")
         for key, _, _, rates, _ in rows:
-            r4, r0, rm, e2e = rates.get("ref4", float("nan")), rates["ref0"], rates["refmodel"], rates["e2e"]
-            line = f"{key:<8} {r4:>10,.0f} {r0:>10,.0f} {rm:>10,.0f} {e2e:>10,.0f}"
-            print(f"{line} {e2e / r4:>11.2f}x {e2e / r0:>5.2f}x")
+            ours, r0, rm = rates["e2e"], rates["ref0"], rates["refmodel"]
+            r4 = rates.get("ref4", [float("nan")] * len(ours))
+            line = f"{key:<8} {med(r4):>10,.0f} {med(r0):>10,.0f} {med(rm):>10,.0f} {med(ours):>10,.0f}"
+            print(f"{line} {paired(ours, r4):>11.2f}x {paired(ours, r0):>5.2f}x {paired(ours, rm):>12.2f}x")
 
 
 if __name__ == "__main__":
