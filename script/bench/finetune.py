@@ -8,7 +8,8 @@ Measures, with the real `cfg/gym/finetune/hopper-v2/ft_ppo_diffusion_mlp` config
 * raw vector-env steps/s (40 sync envs in this process, 4 steps per chunk, random actions: the env benchmark's
   figure) and rollout env steps/s (sampling with chains + env + buffer writes, `PPOAgent.collect`) with the
   config's env (`env.pipeline: true`: a worker process steps one half of the envs while the policy samples the
-  other's chunks) and with the plain sync env;
+  other's chunks) and with the plain sync env, timed in interleaved rounds (rollout / raw: the median of the
+  per-round ratios);
 * policy chunk queries/s: `sample(40 conditions, return_chain=True)`;
 * the old-log-prob pass and the PPO update in (env step x denoising step) rows/s: forward + backward + AdamW steps
   on minibatches of `--batch` rows (50,000, the paper's);
@@ -16,8 +17,8 @@ Measures, with the real `cfg/gym/finetune/hopper-v2/ft_ppo_diffusion_mlp` config
   extrapolated from the measured rates, or measured with `--full`;
 * with `--emulate-reference`, the same three measurements with the reference's known extra work (Appendix C: the
   frozen net also run on fine-tuned steps, two actor passes per scored row, a critic pass per row, a Python loop
-  over the minibatch) added on top of this code, for a same-machine comparison when the reference's figures come
-  from another (or an idle) machine.
+  over the minibatch) added on top of this code and timed in the same interleaved rounds, for a same-machine
+  comparison when the reference's figures come from another (or an idle) machine.
 
 Reference figures (DPPO on a 2-core CPU, torch 2.13): ~3.0k chunks/s sampling, ~22k rows/s update, ~73k rows/s
 old-log-prob pass, about a minute per hopper iteration.
@@ -136,19 +137,10 @@ def main() -> None:
         t_mm = np.median(timed({"mm": lambda: a @ w}, 5, device)["mm"], axis=0)
         gflops = tuple(2 * 20000 * 512 * 512 / t / 1e9 for t in t_mm)
 
-        # raw vector env: the plain in-process sync env (the env benchmark's), whatever env.pipeline says
+        # the plain in-process sync env (the env benchmark's "raw vector env"), whatever env.pipeline says
         cfg_plain = agent.cfg.copy()
         cfg_plain.env.pipeline = False
         pipelined_env, env = env, make_env(cfg_plain, agent.logdir, None, agent.seed)
-        env.reset(seed=0)
-        rng = np.random.default_rng(0)
-        actions = rng.uniform(-1, 1, (200, n_envs, te, 3)).astype(np.float32)
-        raw_steps = 0
-        with Clock() as c:
-            for a in actions:
-                _, _, _, _, info = env.step(a)
-                raw_steps += int(info["chunk_steps"].sum())
-        raw_rate = (raw_steps / c.wall, raw_steps / c.cpu)
 
         # Same-machine comparison with the reference's known non-mathematical costs (reference Appendix C),
         # emulated on top of this repo's code and timed in the same rounds: sampling runs the frozen net as well on
@@ -177,16 +169,29 @@ def main() -> None:
         with torch.no_grad():
             chunk_rate, e_sample = rates(n_envs, lambda: policy.sample(cond, return_chain=True), ref_sample, 20)
 
-        # rollout through the agent (sampling + env + buffer), with the config's env and with the plain one
+        # Raw vector env (random actions) and rollouts through the agent (sampling + env + buffer) with the config's
+        # env and with the plain one, in interleaved rounds; rollout / raw is the median of the per-round ratios.
+        raw_env = make_env(cfg_plain, agent.logdir, None, agent.seed)
+        raw_env.reset(seed=0)
+        actions = np.random.default_rng(0).uniform(-1, 1, (args.steps, n_envs, te, 3)).astype(np.float32)
         agent.n_steps = args.steps
-        rollout_rates = {}
-        for label, rollout_env in (("config", pipelined_env), ("plain", env)):
-            agent.env, agent._obs = rollout_env, None
-            agent.collect()  # warm-up (and the first reset)
-            with Clock() as c:
-                timing = agent.collect()
-            rollout_rates[label] = (timing["rollout_env_steps"] / c.wall, timing["rollout_env_steps"] / c.cpu)
-        rollout_rate = rollout_rates["config"]
+        rollout_envs, last_obs = {"config": pipelined_env, "plain": env}, {}
+        env_steps: dict[str, list[int]] = {"raw": [], "config": [], "plain": []}
+
+        def raw_run() -> None:
+            env_steps["raw"].append(sum(int(raw_env.step(a)[4]["chunk_steps"].sum()) for a in actions))
+
+        def rollout_run(label: str) -> None:
+            agent.env, agent._obs = rollout_envs[label], last_obs.get(label)  # None: collect() resets first
+            env_steps[label].append(agent.collect()["rollout_env_steps"])
+            last_obs[label] = agent._obs
+
+        runs = {"raw": raw_run, "config": lambda: rollout_run("config"), "plain": lambda: rollout_run("plain")}
+        env_times = timed(runs, args.repeats, device)
+        env_rates = {name: np.array(env_steps[name][1:])[:, None] / env_times[name] for name in runs}  # (rounds, 2)
+        raw_rate, rollout_rate, plain_rate = (tuple(np.median(env_rates[k], axis=0)) for k in runs)
+        rollout_over_raw = float(np.median(env_rates["config"][:, 0] / env_rates["raw"][:, 0]))
+        raw_env.close()
         agent.env, agent._obs = pipelined_env, None
         agent.n_steps = agent.buffer.n_steps
         agent.collect()
@@ -272,8 +277,8 @@ def main() -> None:
     kind = "pipelined" if pipelined else "sync"
     row(f"rollout (sample+env+buffer), env steps/s, {kind}", rollout_rate, None)
     if pipelined:
-        row("  the same with env.pipeline=false", rollout_rates["plain"], None)
-    print(f"{'rollout / raw vector env (goal >= 0.7)':50s} {rollout_rate[0] / raw_rate[0]:>10.2f}")
+        row("  the same with env.pipeline=false", plain_rate, None)
+    print(f"{'rollout / raw vector env (goal >= 0.7; paired rounds)':50s} {rollout_over_raw:>10.2f}")
     row("policy chunk queries/s (40 conditions, chains)", chunk_rate, REFERENCE["chunks"])
     row("old-log-prob pass, rows/s", logprob_rate, REFERENCE["logprob"])
     row(f"PPO update, rows/s ({args.batch:,}-row minibatches)", update_rate, REFERENCE["update"])
