@@ -7,9 +7,13 @@ normalization statistics (`normalization`), so it can be used without the files 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +29,49 @@ def checkpoint_path(logdir: str | os.PathLike, index: int) -> Path:
     return Path(logdir) / "checkpoint" / f"state_{index}.pt"
 
 
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise KeyboardInterrupt when the block ends.
+
+    A Ctrl-C in the middle of `torch.save` comes out as a RuntimeError from its zip writer (not a
+    KeyboardInterrupt), so the run would end with a traceback instead of its "interrupted; continue from" line;
+    deferred, the checkpoint being written is completed first. Only where Python's own handler is installed
+    (main thread, SIGINT not ignored or taken over).
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pending: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write `payload` to `path` atomically: a temp file in the same folder, fsync, then rename.
 
-    A run killed mid-write leaves the previous checkpoint intact and no partial file under the final name.
+    A run killed mid-write leaves the previous checkpoint intact and no partial file under the final name; a Ctrl-C
+    during the write lets it finish, then raises KeyboardInterrupt.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with ctrl_c_deferred():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return path
 
 
