@@ -118,7 +118,7 @@ def test_ctrl_c_stops_with_one_line_naming_the_checkpoint_to_resume(tmp_path):
     finally:
         proc.kill()
     run = next((tmp_path / "log/gym-pretrain").glob("*/*"))
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err[-1500:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("interrupted; continue from ") and f"resume={run}" in last, err[-1500:]
     assert "Traceback" not in err
