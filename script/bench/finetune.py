@@ -30,8 +30,6 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,44 +44,11 @@ from agent.checkpoint import save_checkpoint  # noqa: E402
 from agent.config import CFG_ROOT, compose, instantiate  # noqa: E402
 from agent.finetune.base import make_env  # noqa: E402
 from env.pipeline import PipelinedVectorEnv  # noqa: E402
+from script.bench.timing import Clock, interleaved_rounds, paired  # noqa: E402
 
 FT_DIR, FT_NAME = CFG_ROOT / "gym/finetune/hopper-v2", "ft_ppo_diffusion_mlp"
 PRE_DIR, PRE_NAME = CFG_ROOT / "gym/pretrain/hopper-medium-v2", "pre_diffusion_mlp"
 REFERENCE = {"chunks": 3000.0, "update": 22000.0, "logprob": 73000.0, "iteration_s": 60.0}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-class Clock:
-    """Wall-clock and process CPU seconds of a block. On a CPU shared with other jobs, CPU seconds of a
-    single-threaded run approximate the wall time the same work takes on an idle core."""
-
-    def __enter__(self) -> Clock:
-        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall, self.cpu = time.perf_counter() - self.wall0, time.process_time() - self.cpu0
-
-
-def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, np.ndarray]:
-    """(wall, cpu) seconds ``(repeats, 2)`` of each `fns[name]()` per round, after one warm-up call each; within a
-    round the calls are interleaved (in reverse order every other round), so a drift of a shared machine's speed
-    affects them alike."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
-    for i in range(repeats):
-        for name in list(fns)[:: -1 if i % 2 else 1]:
-            sync(device)
-            with Clock() as c:
-                fns[name]()
-                sync(device)
-            times[name].append((c.wall, c.cpu))
-    return {name: np.array(t) for name, t in times.items()}
 
 
 def write_base_checkpoint(
@@ -134,7 +99,7 @@ def main() -> None:
 
         # machine calibration: float32 matmul throughput now (the CPU may be shared with other jobs)
         a, w = torch.randn(20000, 512, device=device), torch.randn(512, 512, device=device)
-        t_mm = np.median(timed({"mm": lambda: a @ w}, 5, device)["mm"], axis=0)
+        t_mm = np.median(interleaved_rounds({"mm": lambda: a @ w}, 5, device)["mm"], axis=0)
         gflops = tuple(2 * 20000 * 512 * 512 / t / 1e9 for t in t_mm)
 
         # the plain in-process sync env (the env benchmark's "raw vector env"), whatever env.pipeline says
@@ -153,9 +118,9 @@ def main() -> None:
             """(wall, cpu) rates of `work` units per call of `ours` (medians over rounds) and, with
             --emulate-reference, its speed-up over `reference`: the median of the per-round cpu-time ratios."""
             fns = {"ours": ours, "ref": reference} if args.emulate_reference else {"ours": ours}
-            times = timed(fns, repeats, device)
+            times = interleaved_rounds(fns, repeats, device)
             rate = tuple(work / t for t in np.median(times["ours"], axis=0))
-            return rate, float(np.median(times["ref"][:, 1] / times["ours"][:, 1])) if "ref" in times else None
+            return rate, paired(times["ref"][:, 1], times["ours"][:, 1]) if "ref" in times else None
 
         # policy chunk queries (40 conditions, with chains, no grad)
         cond = {"state": torch.rand(n_envs, 1, 11, device=device) * 2 - 1}
@@ -187,10 +152,10 @@ def main() -> None:
             last_obs[label] = agent._obs
 
         runs = {"raw": raw_run, "config": lambda: rollout_run("config"), "plain": lambda: rollout_run("plain")}
-        env_times = timed(runs, args.repeats, device)
+        env_times = interleaved_rounds(runs, args.repeats, device)
         env_rates = {name: np.array(env_steps[name][1:])[:, None] / env_times[name] for name in runs}  # (rounds, 2)
         raw_rate, rollout_rate, plain_rate = (tuple(np.median(env_rates[k], axis=0)) for k in runs)
-        rollout_over_raw = float(np.median(env_rates["config"][:, 0] / env_rates["raw"][:, 0]))
+        rollout_over_raw = paired(env_rates["config"][:, 0], env_rates["raw"][:, 0])
         raw_env.close()
         agent.env, agent._obs = pipelined_env, None
         agent.n_steps = agent.buffer.n_steps

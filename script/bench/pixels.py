@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from agent.config import CFG_ROOT, compose  # noqa: E402
 from agent.pretrain import PretrainAgent  # noqa: E402
+from script.bench.timing import sync  # noqa: E402
 
 # name: (config folder, config name, `encoder=` choice or None for the config's own ViT)
 CONFIGS = {
@@ -61,11 +62,6 @@ def write_dataset(path: Path, obs_dim: int, action_dim: int, image_shape: tuple[
         traj_lengths=np.full(n_traj, length),
         images=rng.integers(0, 256, (n, *image_shape), dtype=np.uint8),
     )
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def measure(agent: PretrainAgent, steps: int, end_to_end: bool, repeats: int = 3) -> float:

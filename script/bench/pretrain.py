@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import logging
-import statistics
 import sys
 import tempfile
-import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from agent.config import CFG_ROOT, compose  # noqa: E402
 from agent.dataset import StitchedSequenceDataset  # noqa: E402
 from agent.pretrain import PretrainAgent  # noqa: E402
+from script.bench.timing import interleaved_rounds, paired  # noqa: E402
 
 CONFIGS = {
     "hopper": ("gym/pretrain/hopper-medium-v2", "pre_diffusion_mlp", 22_000),
@@ -92,68 +93,50 @@ class ReferenceStep:
         self.n += 1
 
 
-def time_steps(step, batches, steps: int, batch_size: int, device: torch.device) -> float:
-    """samples/s of `steps` calls `step(next(batches))`."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step(next(batches))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch_size / (time.perf_counter() - t0)
+def forever(passes: Callable[[], Iterable]) -> Iterator:
+    """The batches of pass after pass of `passes()`, without end."""
+    while True:
+        yield from passes()
 
 
-def measure(runs: dict, steps: int, batch_size: int, device: torch.device, repeats: int = 3) -> dict[str, list[float]]:
-    """samples/s of each `name -> (step, make_batches)` in each of `repeats` rounds (after one warm-up round), the
-    runs interleaved within a round (in reverse order every other round) so that a drift of the machine's speed
-    affects them alike: compare two runs by `paired`, the median of their per-round ratios."""
-    rates: dict[str, list[float]] = {name: [] for name in runs}
-    for i in range(repeats + 1):
-        for name in list(runs)[:: -1 if i % 2 else 1]:
-            step, make_batches = runs[name]
-            rates[name].append(time_steps(step, make_batches(), steps, batch_size, device))
-    return {name: r[1:] for name, r in rates.items()}
+def measure(runs: dict, steps: int, batch_size: int, device: torch.device, repeats: int = 3) -> dict[str, np.ndarray]:
+    """samples/s ``(repeats,)`` of each `name -> (step, batches)`: `steps` calls `step(next(batches))` per round, the
+    runs in `interleaved_rounds` (compare two by `paired`)."""
 
+    def run(step: Callable, batches: Iterator) -> Callable[[], None]:
+        def steps_of() -> None:
+            for _ in range(steps):
+                step(next(batches))
 
-def paired(a: list[float], b: list[float]) -> float:
-    """Median over rounds of a[i] / b[i]."""
-    return statistics.median(x / y for x, y in zip(a, b))
+        return steps_of
+
+    times = interleaved_rounds({name: run(*r) for name, r in runs.items()}, repeats, device)
+    return {name: steps * batch_size / t[:, 0] for name, t in times.items()}
 
 
 def agent_runs(agent: PretrainAgent) -> dict:
     """This repo's end-to-end (tensor-gathered batches) and model-only (one fixed batch) runs."""
     bs = agent.cfg.train.batch_size
     fixed = agent.dataset.get_batch(torch.arange(bs, device=agent.device))
-
-    def batches():
-        return agent.dataset.iterate(bs, generator=agent.generator, drop_last=True)
-
-    def repeat_fixed():
-        return iter(lambda: fixed, None)
-
-    return {"e2e": (agent.train_step, batches), "model": (agent.train_step, repeat_fixed)}
+    epochs = forever(lambda: agent.dataset.iterate(bs, generator=agent.generator, drop_last=True))
+    return {"e2e": (agent.train_step, epochs), "model": (agent.train_step, itertools.repeat(fixed))}
 
 
-def reference_runs(agent: PretrainAgent, steps: int) -> dict:
+def reference_runs(agent: PretrainAgent) -> dict:
     """The reference's end-to-end runs with a DataLoader of 4 and of 0 workers (see the module docstring), and its
-    step alone on one fixed batch."""
+    step alone on one fixed batch. The workers persist across rounds (started in the warm-up round): a round
+    measures the steady state that the reference's epochs of thousands of batches run in."""
     warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on 2 cores: as DPPO
     bs, step = agent.cfg.train.batch_size, ReferenceStep(agent)
     data = PerWindowDataset(agent.dataset)
     workers = (4, 0) if agent.device.type == "cpu" else (0,)  # as DPPO: no workers when the data is on the GPU
     loader = torch.utils.data.DataLoader
-    loaders = {w: loader(data, batch_size=bs, shuffle=True, num_workers=w, drop_last=True) for w in workers}
-
-    def batches(workers: int):
-        it = iter(loaders[workers])
-        for _ in range(min(16, steps)):  # start the workers and fill their queues before the clock starts
-            next(it)
-        return it
-
-    fixed = next(iter(loaders[0]))
-    runs = {f"ref{w}": (step, lambda w=w: batches(w)) for w in loaders}
-    runs["refmodel"] = (step, lambda: iter(lambda: fixed, None))
+    loaders = {
+        w: loader(data, batch_size=bs, shuffle=True, num_workers=w, drop_last=True, persistent_workers=w > 0)
+        for w in workers
+    }
+    runs = {f"ref{w}": (step, forever(lambda lo=lo: lo)) for w, lo in loaders.items()}
+    runs["refmodel"] = (step, itertools.repeat(next(iter(loaders[0]))))
     return runs
 
 
@@ -187,14 +170,14 @@ def main() -> None:
             agent.epoch = cfg.train.epoch_start_ema  # measure the steady state (EMA lerp, not copy)
             runs = agent_runs(agent)
             if args.emulate_reference:
-                runs.update(reference_runs(agent, args.steps))
+                runs.update(reference_runs(agent))
             rates = measure(runs, args.steps, cfg.train.batch_size, agent.device, args.repeats)
             rows.append((key, cfg.train.batch_size, str(agent.device), rates, reference))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     header = f"{'config':<8} {'batch':>5} {'device':<7} {'end-to-end/s':>13} {'model-only/s':>13} {'e2e/model':>9} "
     header += f"{'e2e vs ref':>10}"
     print(header)
-    med = statistics.median
+    med = np.median
     for key, bs, dev, rates, ref in rows:
         e2e, mo = med(rates["e2e"]), med(rates["model"])
         line = f"{key:<8} {bs:>5} {dev:<7} {e2e:>13,.0f} {mo:>13,.0f}"
@@ -206,7 +189,7 @@ def main() -> None:
         print(f"{head} {'vs 4 workers':>12} {'vs 0':>6} {'vs model-only':>13}")
         for key, _, _, rates, _ in rows:
             ours, r0, rm = rates["e2e"], rates["ref0"], rates["refmodel"]
-            r4 = rates.get("ref4", [float("nan")] * len(ours))
+            r4 = rates.get("ref4", np.full_like(ours, np.nan))
             line = f"{key:<8} {med(r4):>10,.0f} {med(r0):>10,.0f} {med(rm):>10,.0f} {med(ours):>10,.0f}"
             print(f"{line} {paired(ours, r4):>11.2f}x {paired(ours, r0):>5.2f}x {paired(ours, rm):>12.2f}x")
 
