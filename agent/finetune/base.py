@@ -403,7 +403,11 @@ class FinetuneAgent(BaseAgent):
 
     Config keys read here: base_policy_path, normalization_path, act_steps, resume, env.* (n_envs,
     best_reward_threshold_for_success, save_video, max_episode_steps), train.{n_train_itr, val_freq,
-    save_model_freq, force_train, eval_n_steps, eval_n_episodes, log_freq}.
+    save_model_freq, force_train, eval_n_steps, eval_n_episodes, log_freq, max_env_steps, max_wall_min}.
+
+    Budgets: training ends after `n_train_itr` iterations, or earlier after the iteration at which the env steps
+    reach `train.max_env_steps` or the run's wall time (iterations and evaluations, summed over resumed segments)
+    reaches `train.max_wall_min` minutes; either way the last iteration is checkpointed and evaluated.
     """
 
     algorithm_class: ClassVar[type[Algorithm]]
@@ -416,6 +420,12 @@ class FinetuneAgent(BaseAgent):
         for key in ("train.n_train_itr", "train.n_steps", "train.save_model_freq", "env.n_envs"):
             v = get(key)
             require(isinstance(v, int) and v >= 1, f"{key} must be an integer >= 1, got {v!r}")
+        for key in ("train.max_env_steps", "train.max_wall_min"):
+            v = get(key)
+            require(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+                f"{key} must be a positive number or null, got {v!r}",
+            )
         val_freq = get("train.val_freq")
         require(
             val_freq is None or (isinstance(val_freq, int) and val_freq >= 1),
@@ -451,7 +461,8 @@ class FinetuneAgent(BaseAgent):
         self.success_threshold = threshold
         self.itr = 0
         self.env_steps = 0
-        self.elapsed_s = 0.0
+        self.elapsed_s = 0.0  # iterations only
+        self.wall_s = 0.0  # iterations and evaluations: what train.max_wall_min limits
         self._needs_reset = True
         self._reset_seed: int | None = None
         n_params = sum(p.numel() for p in self.algorithm.policy.parameters() if p.requires_grad)
@@ -491,6 +502,7 @@ class FinetuneAgent(BaseAgent):
             "itr": self.itr,
             "env_steps": self.env_steps,
             "elapsed_s": self.elapsed_s,
+            "wall_s": self.wall_s,
             "ft_denoising_steps": int(getattr(self.policy, "ft_denoising_steps", 0) or 0),
             "model": self.policy.state_dict(),
             "algorithm": self.algorithm.state_dict(),
@@ -516,6 +528,7 @@ class FinetuneAgent(BaseAgent):
         set_rng_state(ckpt["rng"])
         self.itr, self.env_steps = int(ckpt["itr"]), int(ckpt["env_steps"])
         self.elapsed_s = float(ckpt.get("elapsed_s", 0.0))
+        self.wall_s = float(ckpt.get("wall_s", self.elapsed_s))
         # Envs cannot be checkpointed: start fresh episodes, seeded apart from the original run's first reset.
         self._needs_reset = True
         self._reset_seed = self.seed + 7919 * self.itr
@@ -558,11 +571,25 @@ class FinetuneAgent(BaseAgent):
         self._needs_reset = True
         return result
 
-    def should_evaluate(self) -> bool:
+    def evaluations_on(self) -> bool:
+        """Whether the run evaluates at all (`train.val_freq` set and not `train.force_train`)."""
         val_freq = OmegaConf.select(self.cfg, "train.val_freq", default=None)
-        if not val_freq or OmegaConf.select(self.cfg, "train.force_train", default=False):
+        return bool(val_freq) and not OmegaConf.select(self.cfg, "train.force_train", default=False)
+
+    def should_evaluate(self) -> bool:
+        if not self.evaluations_on():
             return False
-        return self.itr % int(val_freq) == 0 or self.itr == self.n_train_itr
+        return self.itr % int(self.cfg.train.val_freq) == 0 or self.itr == self.n_train_itr
+
+    def budget_spent(self) -> str | None:
+        """Why training should stop before `n_train_itr` (`train.max_env_steps`, `train.max_wall_min`), or None."""
+        max_steps = OmegaConf.select(self.cfg, "train.max_env_steps", default=None)
+        if max_steps is not None and self.env_steps >= max_steps:
+            return f"env-step budget reached ({self.env_steps} >= train.max_env_steps={max_steps})"
+        max_min = OmegaConf.select(self.cfg, "train.max_wall_min", default=None)
+        if max_min is not None and self.wall_s >= 60.0 * max_min:
+            return f"wall-time budget reached ({self.wall_s / 60:.1f} >= train.max_wall_min={max_min} min)"
+        return None
 
     @abstractmethod
     def train_iteration(self) -> dict[str, float]:
@@ -576,7 +603,8 @@ class FinetuneAgent(BaseAgent):
         bar = tqdm(total=self.n_train_itr, initial=self.itr, desc="finetune", dynamic_ncols=True)
         last_eval_itr = -1
         try:
-            while self.itr < self.n_train_itr:
+            stop = self.budget_spent()
+            while self.itr < self.n_train_itr and stop is None:
                 if self.should_evaluate():
                     self._log_eval()
                     last_eval_itr = self.itr
@@ -587,6 +615,7 @@ class FinetuneAgent(BaseAgent):
                 self.itr += 1
                 iter_s = time.perf_counter() - start
                 self.elapsed_s += iter_s
+                self.wall_s += iter_s
                 row = {f"train/{k}": v for k, v in metrics.items()}
                 row.update({f"train/{k}": v for k, v in self.algorithm.learning_rates().items()})
                 row["train/env_steps"] = self.env_steps
@@ -596,9 +625,12 @@ class FinetuneAgent(BaseAgent):
                 bar.update(1)
                 if "episode_return" in metrics:
                     bar.set_postfix(ret=f"{metrics['episode_return']:.3g}", sr=f"{metrics.get('success_rate', 0):.2f}")
-                if self.itr % save_freq == 0 or self.itr == self.n_train_itr:
+                stop = self.budget_spent()
+                if self.itr % save_freq == 0 or self.itr == self.n_train_itr or stop is not None:
                     self.save()
-            if self.should_evaluate() and last_eval_itr != self.itr:
+            if stop is not None:
+                log.info("stopping at iteration %d: %s", self.itr, stop)
+            if self.evaluations_on() and last_eval_itr != self.itr:
                 self._log_eval()
         finally:
             bar.close()
@@ -606,5 +638,7 @@ class FinetuneAgent(BaseAgent):
             self.logger.close()
 
     def _log_eval(self) -> None:
+        start = time.perf_counter()
         result = self.evaluate()
+        self.wall_s += time.perf_counter() - start
         self.logger.log({f"eval/{k}": v for k, v in result.items()}, step=self.itr)

@@ -137,6 +137,35 @@ def test_evaluations_do_not_consume_iterations_or_step_schedulers(base: Path):
     assert sched["actor"]["n_steps"] == 3 and sched["critic"]["n_steps"] == 3
 
 
+def test_env_step_budget_stops_early_with_a_checkpoint_and_a_final_evaluation(base: Path):
+    probe = run_finetune(base, 1)
+    per_itr = probe.env_steps
+    agent = run_finetune(base, 10, [f"train.max_env_steps={2 * per_itr}", "train.val_freq=5", "train.save_model_freq=5"])
+    assert agent.itr == 2 and agent.env_steps == 2 * per_itr
+    assert load_checkpoint(latest_checkpoint(agent.logdir))["itr"] == 2
+    rows = read_metrics(agent.logdir)
+    assert [r["step"] for r in rows if "eval/episode_return" in r] == [0, 2]
+
+
+def test_wall_time_budget_counts_evaluations_and_survives_resume(base: Path):
+    from agent.finetune.ppo import PPOAgent
+
+    first = run_finetune(base, 1)
+    saved = load_checkpoint(latest_checkpoint(first.logdir))
+    assert saved["wall_s"] > saved["elapsed_s"] > 0  # the evaluations at iterations 0 and 1 count
+    # a budget already spent: the resumed run trains no further iteration
+    budget = saved["wall_s"] / 60 / 2
+    agent = PPOAgent(finetune_config("diffusion", base, 5, ["resume=true", f"train.max_wall_min={budget}"]))
+    agent.run()
+    assert agent.itr == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "true"])
+def test_bad_budget_is_a_config_error(base: Path, value: str):
+    with pytest.raises(ConfigError, match="train.max_env_steps must be a positive number"):
+        run_finetune(base, 1, [f"train.max_env_steps={value}"])
+
+
 def test_truncation_bootstraps_with_the_final_observation_value(base: Path):
     """Episodes of 10 env steps cut at 4 (two chunks): truncated steps bootstrap with V(final_obs)."""
     from agent.finetune.ppo import PPOAgent
