@@ -140,7 +140,9 @@ def test_evaluations_do_not_consume_iterations_or_step_schedulers(base: Path):
 def test_env_step_budget_stops_early_with_a_checkpoint_and_a_final_evaluation(base: Path):
     probe = run_finetune(base, 1)
     per_itr = probe.env_steps
-    agent = run_finetune(base, 10, [f"train.max_env_steps={2 * per_itr}", "train.val_freq=5", "train.save_model_freq=5"])
+    agent = run_finetune(
+        base, 10, [f"train.max_env_steps={2 * per_itr}", "train.val_freq=5", "train.save_model_freq=5"]
+    )
     assert agent.itr == 2 and agent.env_steps == 2 * per_itr
     assert load_checkpoint(latest_checkpoint(agent.logdir))["itr"] == 2
     rows = read_metrics(agent.logdir)
