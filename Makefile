@@ -5,7 +5,7 @@ PY ?= python
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install sysdeps test test-all lint format bench quickstart clean
+.PHONY: install sysdeps test test-all lint format bench quickstart results clean
 SYSDEPS := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1
 
 # Software EGL for offscreen MuJoCo rendering (videos, pixel observations); installed when apt and root are there.
@@ -41,6 +41,12 @@ bench:
 
 quickstart: install
 	$(PY) script/quickstart.py
+
+# The results table (results/RESULTS.md): data -> pretrain -> fine-tune (DPPO, Gaussian PPO) -> evaluate, per task.
+# Resumable; RESULTS_ARGS passes flags, e.g. make results RESULTS_ARGS="--budget-min 60 --seeds 3".
+RESULTS_ARGS ?=
+results: install
+	$(PY) script/results.py $(RESULTS_ARGS)
 
 clean:
 	rm -rf log/quickstart .pytest_cache .ruff_cache
