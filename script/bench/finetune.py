@@ -44,6 +44,7 @@ from agent.checkpoint import save_checkpoint  # noqa: E402
 from agent.config import CFG_ROOT, compose, instantiate  # noqa: E402
 from agent.finetune.base import make_env  # noqa: E402
 from env.pipeline import PipelinedVectorEnv  # noqa: E402
+from script.bench.inputs import unit_stats, write_normalization  # noqa: E402
 from script.bench.timing import Clock, interleaved_rounds, paired  # noqa: E402
 
 FT_DIR, FT_NAME = CFG_ROOT / "gym/finetune/hopper-v2", "ft_ppo_diffusion_mlp"
@@ -54,13 +55,12 @@ REFERENCE = {"chunks": 3000.0, "update": 22000.0, "logprob": 73000.0, "iteration
 def write_base_checkpoint(
     folder: Path, pre_dir: Path = PRE_DIR, pre_name: str = PRE_NAME, overrides: tuple[str, ...] = ()
 ) -> Path:
-    """An untrained pretraining checkpoint of `pre_dir/pre_name` (identity normalization): throughput does not
-    depend on the weights."""
+    """An untrained pretraining checkpoint of `pre_dir/pre_name` ([-1, 1] normalization ranges, as
+    `script.bench.inputs.write_normalization` writes them): throughput does not depend on the weights."""
     pre = compose(pre_dir, pre_name, ["wandb=null", *overrides])
     OmegaConf.resolve(pre)
     sd = instantiate(pre.model, "model").state_dict()
-    do, da, ones = int(pre.obs_dim), int(pre.action_dim), np.ones
-    norm = {"obs_min": -ones(do), "obs_max": ones(do), "action_min": -ones(da), "action_max": ones(da)}
+    norm = vars(unit_stats(int(pre.obs_dim), int(pre.action_dim)))
     payload = {"kind": "pretrain", "model": sd, "ema": sd, "config": OmegaConf.to_container(pre), "normalization": norm}
     return save_checkpoint(folder / "checkpoint" / "state_1.pt", payload)
 
@@ -84,12 +84,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         base = write_base_checkpoint(Path(tmp) / "pre")
+        norm = write_normalization(Path(tmp) / "data", 11, 3)  # hopper's dims, the checkpoint's ranges
         rows_needed = -(-args.batch // (40 * 10))  # steps per env so that one rollout holds a full minibatch
         overrides = [
             f"device={args.device}",
             "wandb=null",
             f"log_dir={tmp}/log",
             f"base_policy_path={base}",
+            f"normalization_path={norm}",
             f"train.n_steps={max(args.steps, rows_needed)}",
             f"train.batch_size={args.batch}",
         ]
@@ -219,7 +221,7 @@ def main() -> None:
         )
         measured = None
         if args.full:
-            full = PPOAgent(compose(FT_DIR, FT_NAME, [*overrides[:4], "train.target_kl=null"]))
+            full = PPOAgent(compose(FT_DIR, FT_NAME, [*overrides[:5], "train.target_kl=null"]))
             with Clock() as c:
                 full.train_iteration()
             measured = (c.wall, c.cpu)

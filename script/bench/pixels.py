@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from agent.config import CFG_ROOT, compose  # noqa: E402
 from agent.pretrain import PretrainAgent  # noqa: E402
+from script.bench.inputs import write_demos, write_normalization  # noqa: E402
 from script.bench.timing import sync  # noqa: E402
 
 # name: (config folder, config name, `encoder=` choice or None for the config's own ViT)
@@ -47,21 +48,6 @@ CONFIGS = {
     "resnet-mlp-2cam": ("robomimic/pretrain/transport", "pre_diffusion_mlp_img", "resnet"),
 }
 DEFAULT = ["vit-mlp", "resnet-mlp", "vit-unet", "vit-transformer", "vit-gaussian", "vit-mlp-2cam"]
-
-
-def write_dataset(path: Path, obs_dim: int, action_dim: int, image_shape: tuple[int, ...], n_traj: int = 20) -> None:
-    """Random demonstrations: ``n_traj`` trajectories of 200 steps with uint8 images."""
-    rng = np.random.default_rng(0)
-    length = 200
-    n = n_traj * length
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        path,
-        states=rng.uniform(-1, 1, (n, obs_dim)).astype(np.float32),
-        actions=rng.uniform(-1, 1, (n, action_dim)).astype(np.float32),
-        traj_lengths=np.full(n_traj, length),
-        images=rng.integers(0, 256, (n, *image_shape), dtype=np.uint8),
-    )
 
 
 def measure(agent: PretrainAgent, steps: int, end_to_end: bool, repeats: int = 3) -> float:
@@ -118,11 +104,14 @@ def build(key: str, args: argparse.Namespace, tmp: str) -> PretrainAgent:
     folder, name, encoder = CONFIGS[key]
     probe = compose(CFG_ROOT / folder, name, ["wandb=null"])
     shape = tuple(int(s) for s in probe.shape_meta.obs.rgb.shape)
-    data = Path(tmp) / f"{probe.env}-{shape[0]}.npz"
+    data_dir = Path(tmp) / f"{probe.env}-{shape[0]}"
+    data, norm = data_dir / "train.npz", data_dir / "normalization.npz"
     if not data.exists():  # enough 200-step trajectories for one timed run of distinct batches
         bs = args.batch_size or int(probe.train.batch_size)
-        write_dataset(data, probe.obs_dim, probe.action_dim, shape, n_traj=max(20, -(-args.steps * bs // 190)))
+        n_traj = max(20, -(-args.steps * bs // 190))
+        write_demos(data_dir, probe.obs_dim, probe.action_dim, n_traj, 200, image_shape=shape)
     overrides = [f"device={args.device}", "wandb=null", f"train_dataset_path={data}", f"log_dir={tmp}/log"]
+    overrides.append(f"normalization_path={norm}")
     if args.batch_size:
         overrides.append(f"train.batch_size={args.batch_size}")
     if encoder is not None:
@@ -140,11 +129,14 @@ def rollout_rates(args: argparse.Namespace, tmp: str) -> tuple[float, float, int
 
     folder, name = CFG_ROOT / "robomimic/finetune/can", "ft_ppo_diffusion_mlp_img"
     base = write_base_checkpoint(Path(tmp) / "pre_img", CFG_ROOT / "robomimic/pretrain/can", "pre_diffusion_mlp_img")
+    probe = compose(folder, name, ["wandb=null"])
+    norm = write_normalization(Path(tmp) / "ft_img", int(probe.obs_dim), int(probe.action_dim))
     overrides = [
         f"device={args.device}",
         "wandb=null",
         f"log_dir={tmp}/log",
         f"base_policy_path={base}",
+        f"normalization_path={norm}",
         f"env.n_envs={args.n_envs}",
         f"train.n_steps={args.rollout_steps}",
         "train.batch_size=64",

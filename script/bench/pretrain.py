@@ -33,24 +33,13 @@ sys.path.insert(0, str(REPO))
 from agent.config import CFG_ROOT, compose  # noqa: E402
 from agent.dataset import StitchedSequenceDataset  # noqa: E402
 from agent.pretrain import PretrainAgent  # noqa: E402
+from script.bench.inputs import write_demos  # noqa: E402
 from script.bench.timing import interleaved_rounds, paired  # noqa: E402
 
 CONFIGS = {
     "hopper": ("gym/pretrain/hopper-medium-v2", "pre_diffusion_mlp", 22_000),
     "can": ("robomimic/pretrain/can", "pre_diffusion_mlp", 26_000),
 }
-
-
-def write_dataset(path: Path, obs_dim: int, action_dim: int, n_traj: int = 200, length: int = 500) -> None:
-    rng = np.random.default_rng(0)
-    n = n_traj * length
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        path,
-        states=rng.uniform(-1, 1, (n, obs_dim)).astype(np.float32),
-        actions=rng.uniform(-1, 1, (n, action_dim)).astype(np.float32),
-        traj_lengths=np.full(n_traj, length),
-    )
 
 
 class PerWindowDataset(torch.utils.data.Dataset):
@@ -159,12 +148,17 @@ def main() -> None:
         for key in args.configs:
             folder, name, reference = CONFIGS[key]
             probe = compose(CFG_ROOT / folder, name, ["wandb=null"])
-            data = Path(tmp) / f"{key}.npz"
-            write_dataset(data, probe.obs_dim, probe.action_dim)
+            data, norm = write_demos(Path(tmp) / key, probe.obs_dim, probe.action_dim, n_traj=200, length=500)
             cfg = compose(
                 CFG_ROOT / folder,
                 name,
-                [f"device={args.device}", "wandb=null", f"train_dataset_path={data}", f"log_dir={tmp}/log"],
+                [
+                    f"device={args.device}",
+                    "wandb=null",
+                    f"train_dataset_path={data}",
+                    f"normalization_path={norm}",
+                    f"log_dir={tmp}/log",
+                ],
             )
             agent = PretrainAgent(cfg)
             agent.epoch = cfg.train.epoch_start_ema  # measure the steady state (EMA lerp, not copy)
