@@ -3,8 +3,9 @@
     make quickstart            # or: python script/quickstart.py [--fast]
 
 1. generate scripted multi-route demonstrations for the Avoid task (`script/dataset/generate_avoid.py`),
-2. pretrain a diffusion policy on them by behaviour cloning (`cfg/d3il/pretrain/avoid_m2/pre_diffusion_mlp`),
-3. fine-tune it with DPPO (`cfg/d3il/finetune/avoid_m2/ft_ppo_diffusion_mlp`),
+2. pretrain a diffusion policy on them by behaviour cloning (`cfg/d3il/pretrain/avoid_m2/pre_diffusion_mlp_cpu`,
+   the CPU preset of DPPO's config),
+3. fine-tune it with DPPO (`cfg/d3il/finetune/avoid_m2/ft_ppo_diffusion_mlp_cpu`),
 4. evaluate the pretrained and the fine-tuned checkpoints (`cfg/d3il/eval/avoid_m2/eval_diffusion_mlp`),
 
 then print both policies' success rate and return side by side and draw the fine-tuning learning curve into
@@ -53,14 +54,11 @@ def main() -> None:
         [
             py,
             "script/run.py",
-            "--config-name=pre_diffusion_mlp",
+            "--config-name=pre_diffusion_mlp_cpu",
             f"--config-dir=cfg/d3il/pretrain/{TASK}",
             *common,
             f"logdir={out}/pretrain",
             f"train.n_epochs={epochs}",
-            "train.batch_size=256",
-            "train.learning_rate=1e-3",
-            "train.lr_scheduler.min_lr=1e-4",
             f"train.save_model_freq={epochs}",
             f"train.lr_scheduler.first_cycle_steps={epochs}",
         ],
@@ -71,15 +69,13 @@ def main() -> None:
         [
             py,
             "script/run.py",
-            "--config-name=ft_ppo_diffusion_mlp",
+            "--config-name=ft_ppo_diffusion_mlp_cpu",
             f"--config-dir=cfg/d3il/finetune/{TASK}",
             *common,
             f"logdir={out}/finetune",
             f"base_policy_path={pre_ckpt}",
             f"train.n_train_itr={itrs}",
             f"train.save_model_freq={itrs}",
-            "train.actor_lr=1e-4",
-            "train.actor_lr_scheduler.min_lr=1e-4",
         ],
         env,
     )
