@@ -110,6 +110,7 @@ def test_every_dppo_finetune_config_exists():
     names = {(p.parts[-4], p.parts[-3], p.parent.name, p.stem) for p in FT_CONFIGS}
     for robot in ("hopper", "walker2d", "halfcheetah"):
         assert ("gym", "finetune", f"{robot}-v2", "ft_ppo_diffusion_mlp") in names
+        assert ("gym", "finetune", f"{robot}-v2", "ft_ppo_gaussian_mlp") in names  # the Gaussian-PPO baseline
         for p in ("diffusion_mlp", "gaussian_mlp"):
             assert ("gym", "scratch", f"{robot}-v2", f"ppo_{p}") in names
     for kind in ("complete", "partial", "mixed"):
@@ -132,6 +133,26 @@ def test_every_dppo_finetune_config_exists():
     for m in (1, 2, 3):
         for p in ("diffusion", "gaussian", "gmm"):
             assert ("d3il", "finetune", f"avoid_m{m}", f"ft_ppo_{p}_mlp") in names
+
+
+@pytest.mark.parametrize("robot", ["hopper", "walker2d", "halfcheetah"])
+def test_gym_gaussian_ppo_has_dppos_env_step_budget(robot: str):
+    """The Gaussian-PPO baseline acts one env step per query (as pretrained) where DPPO executes chunks of 4: it
+    runs 4x the iterations, and trains, evaluates and saves at the same env steps as DPPO."""
+    folder = CFG_ROOT / "gym/finetune" / f"{robot}-v2"
+    gauss, dppo = (compose(folder, name, ["wandb=null"]) for name in ("ft_ppo_gaussian_mlp", "ft_ppo_diffusion_mlp"))
+    assert gauss.horizon_steps == gauss.act_steps == 1 and dppo.act_steps == 4
+
+    def env_steps(cfg: DictConfig, itr: int) -> int:
+        return itr * cfg.train.n_steps * cfg.act_steps * cfg.env.n_envs
+
+    assert gauss.env.n_envs == dppo.env.n_envs == 40 and gauss.train.n_steps == dppo.train.n_steps == 500
+    assert env_steps(gauss, gauss.train.n_train_itr) == env_steps(dppo, dppo.train.n_train_itr) == 80_000_000
+    assert env_steps(gauss, gauss.train.val_freq) == env_steps(dppo, dppo.train.val_freq)
+    assert env_steps(gauss, gauss.train.save_model_freq) == env_steps(dppo, dppo.train.save_model_freq)
+    assert gauss.train.batch_size * 4 == gauss.train.n_steps * gauss.env.n_envs  # 4 minibatches per epoch
+    assert gauss.train.gamma == dppo.train.gamma and gauss.train.update_epochs == dppo.train.update_epochs
+    assert gauss.model.network.std_max == 0.2 and gauss.train.actor_lr == 1e-4
 
 
 @pytest.mark.parametrize("path", params(FT_CONFIGS, runs_env=False))
