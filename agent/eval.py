@@ -120,6 +120,7 @@ class EvalAgent(BaseAgent):
                 max_episode_steps=OmegaConf.select(c, "env.max_episode_steps", default=None),
                 success_threshold=OmegaConf.select(c, "env.best_reward_threshold_for_success", default=None),
                 reset_options={"video_prefix": "eval"} if OmegaConf.select(c, "env.save_video") else None,
+                progress=True,
             )
         finally:
             self.env.close()

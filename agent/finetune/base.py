@@ -286,11 +286,14 @@ def run_episodes(
     success_threshold: float | None = None,
     deterministic: bool = True,
     reset_options: Mapping[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Reset the envs and roll the policy out; return the statistics of the finished episodes.
 
     Either `n_steps` chunks per env (all episodes that finish count), or, with `n_episodes`, until every env has
-    finished ceil(n_episodes / E) episodes (each env's first ones count, then the first `n_episodes` overall).
+    finished the episodes that count: each env's first ones, taken round-robin over the envs (env 0's first, env
+    1's first, ..., env 0's second, ...) up to `n_episodes`, so env i needs ceil((n_episodes - i) / E) of them.
+    The rollout stops as soon as they have all finished.
 
     Args:
         env: the vector env (INTERFACES contract).
@@ -303,6 +306,7 @@ def run_episodes(
         success_threshold: see `EpisodeStats`.
         deterministic: evaluation-mode sampling.
         reset_options: passed to `env.reset` (e.g. a video file prefix).
+        progress: show a progress bar on stderr (episodes that count, or chunks with `n_steps`).
 
     Returns:
         `EpisodeStats.summary()` plus `env_steps` and `wall_s`.
@@ -313,6 +317,7 @@ def run_episodes(
     quota = None
     if n_episodes is not None:
         quota = math.ceil(n_episodes / n_envs)
+        needed = (n_episodes - np.arange(n_envs) + n_envs - 1) // n_envs  # (E,) episodes that count per env
         episode_chunks = math.ceil((max_episode_steps or 10_000) / act_steps) + 1
         limit = quota * episode_chunks
     else:
@@ -326,13 +331,20 @@ def run_episodes(
         sample = policy.sample(obs_to_tensor(group_obs, device), deterministic=deterministic)
         return actions_to_numpy(sample.actions, act_steps), None
 
-    with closing(step_env_groups(env, obs, limit, act)) as steps:
+    total, unit = (n_episodes, "episode") if quota is not None else (limit, "chunk")
+    bar = tqdm(total=total, unit=unit, desc="evaluate", dynamic_ncols=True, disable=not progress)
+    with bar, closing(step_env_groups(env, obs, limit, act)) as steps:
         for _, (_obs, reward, terminated, truncated, info) in steps:
             stats.step(reward, terminated | truncated, info)
             env_steps += int(np.sum(info.get("chunk_steps", act_steps)))
-            if quota is not None and bool((stats.per_env >= quota).all()):
+            if quota is None:
+                bar.update(1)
+                bar.set_postfix(episodes=len(stats.episodes), refresh=False)
+                continue
+            bar.update(int(np.minimum(stats.per_env, needed).sum()) - bar.n)
+            if bool((stats.per_env >= needed).all()):
                 break
-    if quota is not None and not bool((stats.per_env >= quota).all()):
+    if quota is not None and not bool((stats.per_env >= needed).all()):
         log.warning(
             "evaluation stopped after %d chunks with %d of %d episodes",
             limit,
