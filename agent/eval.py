@@ -10,10 +10,11 @@ mismatch is a `ConfigError`, never silently another policy). Algorithms that cho
 policy (DIPO acts with its target actor, IDQL picks among candidates with its critics) are rebuilt from the
 checkpoint and evaluated the way they were evaluated in training.
 
-Reports mean return, success rate, mean episode length and the episode count over `n_episodes` episodes (one per
-env by default, each env's first ones, so short episodes are not favoured) or, with `n_episodes: null`, over the
-episodes that finish within `n_steps` chunks per env. The result goes to `<logdir>/eval_result.json` and the
-metrics log; with `env.save_video: true` the first sub-env's episodes are written to `<logdir>/videos/`.
+Reports mean return, success rate (where the task has a success signal; gym locomotion has none), mean episode
+length and the episode count over `n_episodes` episodes (one per env by default, each env's first ones, so short
+episodes are not favoured) or, with `n_episodes: null`, over the episodes that finish within `n_steps` chunks per
+env, with a progress bar on stderr. The result goes to `<logdir>/eval_result.json` and the metrics log; with
+`env.save_video: true` the first sub-env's episodes are written to `<logdir>/videos/`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from agent.base import BaseAgent, load_normalization
 from agent.checkpoint import load_checkpoint
 from agent.config import require
 from agent.errors import ConfigError
-from agent.finetune.base import make_env, run_episodes
+from agent.finetune.base import env_reports_success, make_env, run_episodes
 from agent.finetune.loading import build_policy, find_checkpoint, load_policy_weights, pretrain_command
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class EvalAgent(BaseAgent):
                 n_episodes=OmegaConf.select(c, "n_episodes", default=None),
                 max_episode_steps=OmegaConf.select(c, "env.max_episode_steps", default=None),
                 success_threshold=OmegaConf.select(c, "env.best_reward_threshold_for_success", default=None),
+                reports_success=env_reports_success(c),
                 reset_options={"video_prefix": "eval"} if OmegaConf.select(c, "env.save_video") else None,
                 progress=True,
             )

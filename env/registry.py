@@ -90,6 +90,8 @@ class Suite:
         default_wrapper: task wrapper used when the config names none.
         uses_gl: whether rendering goes through MuJoCo's OpenGL (needs MUJOCO_GL and spawn workers).
         validate_kwargs: optional `f(name, env_kwargs)` raising EnvConfigError for unknown suite kwargs.
+        reports_success: whether its envs have a notion of success (`info["success"]`); False (gym locomotion):
+            the loops report no success_rate unless `env.best_reward_threshold_for_success` defines one.
     """
 
     name: str
@@ -102,6 +104,7 @@ class Suite:
     default_wrapper: str = "mujoco_locomotion_lowdim"
     uses_gl: bool = True
     validate_kwargs: Callable[[str, Mapping[str, Any]], None] | None = None
+    reports_success: bool = True
 
     def install_hint(self) -> str:
         """One line telling the user which extra to install."""
@@ -172,6 +175,7 @@ def register_suite(
     default_wrapper: str = "mujoco_locomotion_lowdim",
     uses_gl: bool = True,
     validate_kwargs: Callable[[str, Mapping[str, Any]], None] | None = None,
+    reports_success: bool = True,
 ) -> Callable[[SuiteBuilder], SuiteBuilder]:
     """Decorator registering a suite builder `f(spec: EnvSpec) -> gymnasium.Env`.
 
@@ -185,6 +189,7 @@ def register_suite(
         default_wrapper: task wrapper applied when the config lists none.
         uses_gl: rendering needs OpenGL (sets MUJOCO_GL, spawn workers).
         validate_kwargs: optional checker for `env.env_kwargs`.
+        reports_success: the envs set `info["success"]` (False where success means nothing).
     """
 
     def decorator(builder: SuiteBuilder) -> SuiteBuilder:
@@ -199,6 +204,7 @@ def register_suite(
             default_wrapper=default_wrapper,
             uses_gl=uses_gl,
             validate_kwargs=validate_kwargs,
+            reports_success=reports_success,
         )
         for task in suite.max_episode_steps:
             other = _NAME_TO_SUITE.get(task)

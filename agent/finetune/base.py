@@ -43,6 +43,7 @@ from agent.finetune.loading import build_policy, find_checkpoint, load_policy_we
 from agent.schedulers import CosineWarmupRestarts
 from agent.utils import rng_state, set_rng_state
 from env.pipeline import PipelinedVectorEnv, merge_step_results
+from env.registry import resolve_env_name
 
 log = logging.getLogger(__name__)
 
@@ -203,16 +204,19 @@ class EpisodeStats:
 
     Success: with `env.best_reward_threshold_for_success` set, the reference's rule: the best per-env-step reward
     of any chunk in the episode (chunk reward / env steps executed) reaches the threshold (robomimic: a chunk with
-    every step successful). With it null, the env's own success flag (robomimic, kitchen, avoid set one).
+    every step successful). With it null, the env's own success flag (robomimic, kitchen, avoid set one); where
+    the env has none (gym locomotion: `Suite.reports_success` False) there is no success rate at all.
 
     Args:
         n_envs: E.
         success_threshold: see above, or None.
+        reports_success: whether the env sets a success flag (`env_reports_success`).
     """
 
-    def __init__(self, n_envs: int, success_threshold: float | None = None) -> None:
+    def __init__(self, n_envs: int, success_threshold: float | None = None, reports_success: bool = True) -> None:
         self.n_envs = int(n_envs)
         self.success_threshold = None if success_threshold is None else float(success_threshold)
+        self.has_success = self.success_threshold is not None or bool(reports_success)
         self._best = np.full(self.n_envs, -np.inf)
         self.episodes: list[tuple[int, float, int, bool]] = []  # (env index, return, length, success)
         self.per_env = np.zeros(self.n_envs, dtype=np.int64)
@@ -241,7 +245,8 @@ class EpisodeStats:
             self._best[i] = -np.inf
 
     def summary(self, per_env_quota: int | None = None, max_episodes: int | None = None) -> dict[str, float]:
-        """Mean return, success rate, mean length and count of the recorded episodes, then clear them.
+        """Mean return, success rate (only with a success signal: `has_success`), mean length and count of the
+        recorded episodes, then clear them.
 
         Args:
             per_env_quota: count only each env's first `per_env_quota` episodes, and of those at most
@@ -264,13 +269,16 @@ class EpisodeStats:
         if not episodes:
             return {"n_episodes": 0}
         returns = np.array([e[1] for e in episodes])
-        return {
-            "episode_return": float(returns.mean()),
-            "episode_return_std": float(returns.std()),
-            "success_rate": float(np.mean([e[3] for e in episodes])),
-            "episode_length": float(np.mean([e[2] for e in episodes])),
-            "n_episodes": len(episodes),
-        }
+        result = {"episode_return": float(returns.mean()), "episode_return_std": float(returns.std())}
+        if self.has_success:
+            result["success_rate"] = float(np.mean([e[3] for e in episodes]))
+        result.update(episode_length=float(np.mean([e[2] for e in episodes])), n_episodes=len(episodes))
+        return result
+
+
+def env_reports_success(cfg: DictConfig) -> bool:
+    """Whether the suite of `cfg.env.name` has a notion of success (`Suite.reports_success`; gym locomotion not)."""
+    return resolve_env_name(str(cfg.env.name))[1].reports_success
 
 
 @torch.no_grad()
@@ -284,6 +292,7 @@ def run_episodes(
     n_episodes: int | None = None,
     max_episode_steps: int | None = None,
     success_threshold: float | None = None,
+    reports_success: bool = True,
     deterministic: bool = True,
     reset_options: Mapping[str, Any] | None = None,
     progress: bool = False,
@@ -303,7 +312,7 @@ def run_episodes(
         n_steps: chunks per env (used when n_episodes is None).
         n_episodes: number of episodes to report.
         max_episode_steps: env steps per episode limit, for the safety cap on the `n_episodes` loop.
-        success_threshold: see `EpisodeStats`.
+        success_threshold, reports_success: see `EpisodeStats`.
         deterministic: evaluation-mode sampling.
         reset_options: passed to `env.reset` (e.g. a video file prefix).
         progress: show a progress bar on stderr (episodes that count, or chunks with `n_steps`).
@@ -313,7 +322,7 @@ def run_episodes(
     """
     start = time.perf_counter()
     n_envs = env.num_envs
-    stats = EpisodeStats(n_envs, success_threshold)
+    stats = EpisodeStats(n_envs, success_threshold, reports_success)
     quota = None
     if n_episodes is not None:
         quota = math.ceil(n_episodes / n_envs)
@@ -469,7 +478,7 @@ class FinetuneAgent(BaseAgent):
         self.env = make_env(c, self.logdir, ckpt_norm, self.seed)
         self.algorithm = self.algorithm_class.from_config(c, self.policy, self.device)
         threshold = OmegaConf.select(c, "env.best_reward_threshold_for_success", default=None)
-        self.episodes = EpisodeStats(self.n_envs, threshold)
+        self.episodes = EpisodeStats(self.n_envs, threshold, env_reports_success(c))
         self.success_threshold = threshold
         self.itr = 0
         self.env_steps = 0
@@ -578,6 +587,7 @@ class FinetuneAgent(BaseAgent):
             n_episodes=n_episodes,
             max_episode_steps=OmegaConf.select(c, "env.max_episode_steps", default=None),
             success_threshold=self.success_threshold,
+            reports_success=self.episodes.has_success,
             reset_options=options,
         )
         self._needs_reset = True
@@ -636,7 +646,10 @@ class FinetuneAgent(BaseAgent):
                 self.logger.log(row, step=self.itr, console=(self.itr % log_freq == 0))
                 bar.update(1)
                 if "episode_return" in metrics:
-                    bar.set_postfix(ret=f"{metrics['episode_return']:.3g}", sr=f"{metrics.get('success_rate', 0):.2f}")
+                    postfix = {"ret": f"{metrics['episode_return']:.3g}"}
+                    if "success_rate" in metrics:
+                        postfix["sr"] = f"{metrics['success_rate']:.2f}"
+                    bar.set_postfix(postfix)
                 stop = self.budget_spent()
                 if self.itr % save_freq == 0 or self.itr == self.n_train_itr or stop is not None:
                     self.save()

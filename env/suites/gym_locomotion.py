@@ -73,6 +73,7 @@ def _validate_kwargs(name: str, env_kwargs: Mapping[str, Any]) -> None:
     default_wrapper="mujoco_locomotion_lowdim",
     uses_gl=True,
     validate_kwargs=_validate_kwargs,
+    reports_success=False,  # locomotion has returns, no success
 )
 def make_gym_env(spec: EnvSpec) -> gym.Env:
     """Build the gymnasium `-v5` env for a D4RL name, with its time limit (truncation).

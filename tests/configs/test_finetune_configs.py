@@ -135,6 +135,23 @@ def test_every_dppo_finetune_config_exists():
             assert ("d3il", "finetune", f"avoid_m{m}", f"ft_ppo_{p}_mlp") in names
 
 
+ENV_CONFIGS = sorted({*CFG_ROOT.glob("*/finetune/*/ft_*.yaml"), *CFG_ROOT.glob("*/eval/*/*.yaml"), *FT_CONFIGS})
+
+
+@pytest.mark.parametrize("path", params(ENV_CONFIGS, runs_env=False))
+def test_success_rate_only_where_the_task_has_success(path: Path):
+    """Locomotion has returns and no success: no threshold (DPPO's 3 meant "some chunk reached reward 3 per step")
+    and no success flag, so no success_rate is logged; every other task has one or the other."""
+    from agent.finetune.base import env_reports_success
+
+    cfg = compose(path.parent, path.stem, ["wandb=null"])
+    threshold = cfg.env.best_reward_threshold_for_success
+    if cfg.env_name.split("-")[0] in ("hopper", "walker2d", "halfcheetah"):
+        assert threshold is None and not env_reports_success(cfg)
+    else:
+        assert threshold is not None or env_reports_success(cfg)
+
+
 @pytest.mark.parametrize("robot", ["hopper", "walker2d", "halfcheetah"])
 def test_gym_gaussian_ppo_has_dppos_env_step_budget(robot: str):
     """The Gaussian-PPO baseline acts one env step per query (as pretrained) where DPPO executes chunks of 4: it

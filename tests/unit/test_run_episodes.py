@@ -93,3 +93,38 @@ def test_progress_bar_on_stderr_only_when_asked(capsys, kwargs: dict, total: str
     evaluate(FixedLengthEnvs([3, 2, 5]), progress=True, **kwargs)
     err = capsys.readouterr().err
     assert "evaluate" in err and total in err and unit in err
+
+
+@pytest.mark.parametrize(
+    ("threshold", "reports_success", "expected"),
+    [(None, True, 3 / 5), (None, False, None), (50.0, False, 2 / 5)],
+)
+def test_success_rate_only_with_a_success_signal(threshold: float | None, reports_success: bool, expected):
+    """The env's flag (env 0's episodes), nothing where the env has no success notion (not a 0), or the reference's
+    threshold rule (a chunk reward per env step >= 50: env 1's episodes (last chunk 100, 101) reach it, env 0's (0, 1,
+    2) do not; env 2 finishes none in 6 chunks)."""
+    env = FixedLengthEnvs([2, 3, 7])
+    result = evaluate(env, n_steps=6, success_threshold=threshold, reports_success=reports_success)
+    assert result["n_episodes"] == 5
+    if expected is None:
+        assert "success_rate" not in result
+    else:
+        assert result["success_rate"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("env_name", "reports"),
+    [
+        ("hopper-medium-v2", False),
+        ("walker2d-v2", False),
+        ("avoid_m1", True),
+        ("kitchen-complete-v0", True),
+        ("can", True),
+    ],
+)
+def test_which_suites_have_a_success_signal(env_name: str, reports: bool):
+    from omegaconf import OmegaConf
+
+    from agent.finetune.base import env_reports_success
+
+    assert env_reports_success(OmegaConf.create({"env": {"name": env_name}})) is reports
