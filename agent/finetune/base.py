@@ -432,6 +432,7 @@ class FinetuneAgent(BaseAgent):
     """
 
     algorithm_class: ClassVar[type[Algorithm]]
+    progress_label: ClassVar[str] = "finetune"  # the progress bar's label (a subclass may name what it trains)
 
     # ---------------------------------------------------------------- config checks
     def validate(self, cfg: DictConfig) -> None:
@@ -622,7 +623,7 @@ class FinetuneAgent(BaseAgent):
         c = self.cfg
         save_freq = int(c.train.save_model_freq)
         log_freq = int(OmegaConf.select(c, "train.log_freq", default=1) or 1)
-        bar = tqdm(total=self.n_train_itr, initial=self.itr, desc="finetune", dynamic_ncols=True)
+        bar = tqdm(total=self.n_train_itr, initial=self.itr, desc=self.progress_label, dynamic_ncols=True)
         last_eval_itr = -1
         try:
             stop = self.budget_spent()

@@ -58,6 +58,7 @@ class InBandError(Exception):
 class BandStopPPO(PPOAgent):
     """PPO that stops training at the first evaluation whose mean return lies inside `band`."""
 
+    progress_label = "behaviour PPO"
     band: tuple[float, float] = (-np.inf, np.inf)
     last_eval_return: float = float("nan")
 

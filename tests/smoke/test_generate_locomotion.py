@@ -9,7 +9,7 @@ pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
 
 
-def test_generate_locomotion_tiny(tmp_path, monkeypatch):
+def test_generate_locomotion_tiny(tmp_path, monkeypatch, capsys):
     from agent.dataset import StitchedSequenceDataset
     from script.dataset.generate_locomotion import main
 
@@ -36,6 +36,8 @@ def test_generate_locomotion_tiny(tmp_path, monkeypatch):
         ]
     )
     assert stats["behaviour_itr"] == 0  # the first evaluation is inside an all-accepting band: no training
+    err = capsys.readouterr().err
+    assert "behaviour PPO:" in err and "finetune:" not in err  # the progress bar names what it trains
     assert stats["record_std"] == 0.1
     behaviour = tmp_path / "log/gym-behaviour/hopper-medium-v2/behaviour"
     assert [p.name for p in behaviour.rglob("state_*.pt")] == ["state_0.pt"]  # the policy that recorded the data
