@@ -33,6 +33,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import gymnasium as gym
@@ -100,12 +101,47 @@ def load_env_meta(task: str, env_meta_path: str | Path | None = None, image: boo
     return meta
 
 
+# Notices robosuite logs when imported, about optional parts this toolkit does not use: a private macro file,
+# the robosuite_models robots, the mink IK of the GR1 robot.
+ROBOSUITE_IMPORT_NOTICES = (
+    "No private macro file found",
+    "It is recommended to use a private macro file",
+    "To setup, run:",
+    "Could not import robosuite_models",
+    "Could not load the mink-based whole-body IK",
+)
+
+
+class DropImportNotices(logging.Filter):
+    """Drops the records of `ROBOSUITE_IMPORT_NOTICES` (on robosuite's logger: its own handler and the root's)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(ROBOSUITE_IMPORT_NOTICES)
+
+
+def import_robosuite() -> ModuleType:
+    """`import robosuite` without its import-time notices (`ROBOSUITE_IMPORT_NOTICES`) and PyOpenGL's INFO line
+    about its optional accelerator; robosuite's other warnings still show. Called in every process that builds a
+    robosuite env (env workers too). Raises MissingDependencyError naming the extra when robosuite is missing."""
+    logger = logging.getLogger("robosuite_logs")
+    if not any(isinstance(f, DropImportNotices) for f in logger.filters):
+        logger.addFilter(DropImportNotices())
+    logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)  # "No OpenGL_accelerate module loaded"
+    try:
+        import robosuite
+    except ImportError as e:
+        raise MissingDependencyError(f'robomimic tasks need robosuite 1.5 ({e}): pip install -e ".[robomimic]"') from e
+    logger.setLevel(logging.WARNING)  # per-env "Loading controller" INFO lines
+    return robosuite
+
+
 def convert_controller_config(controller: Mapping[str, Any], robots: Sequence[str]) -> dict[str, Any]:
     """robosuite <= 1.4 part controller config (e.g. OSC_POSE) -> robosuite 1.5 composite config.
 
     Keys renamed in 1.5 are translated, and delta actions stay in the world frame as in 1.4 (unless the config
     names `input_ref_frame`). A config that already is composite (has `body_parts`) is returned unchanged.
     """
+    import_robosuite()
     from robosuite.controllers.composite.composite_controller_factory import refactor_composite_controller_config
 
     if "body_parts" in controller:
@@ -141,12 +177,7 @@ def make_robosuite_env(
     Returns:
         the robosuite environment.
     """
-    try:
-        import robosuite
-    except ImportError as e:
-        raise MissingDependencyError(f'robomimic tasks need robosuite 1.5 ({e}): pip install -e ".[robomimic]"') from e
-
-    logging.getLogger("robosuite_logs").setLevel(logging.WARNING)  # per-env "Loading controller" INFO lines
+    robosuite = import_robosuite()
     kwargs = copy.deepcopy(dict(env_meta["env_kwargs"]))
     robots = kwargs.get("robots", ["Panda"])
     robots = [robots] if isinstance(robots, str) else list(robots)
