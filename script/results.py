@@ -480,13 +480,19 @@ def summarize_data(folder: Path) -> dict[str, Any]:
 
 
 def summarize_pretrain(stage: Stage) -> dict[str, Any]:
+    """Epochs, final loss and training time (summed over resumed segments)."""
     assert stage.rundir is not None
-    rows = [r for r in merged_rows(stage.rundir) if "train/loss" in r]
+    rows = [r for r in merged_rows(stage.rundir) if "pretrain/loss" in r]
+    seg_times = [
+        max((r.get("time/elapsed_s", 0.0) for r in read_metrics(seg)), default=0.0)
+        for seg in sorted_segments(stage.rundir)
+        if (seg / "metrics.jsonl").is_file()
+    ]
     ckpt = latest_checkpoint_in(stage.rundir)
     return {
         "epochs": rows[-1]["step"] if rows else None,
-        "final_loss": rows[-1]["train/loss"] if rows else None,
-        "wall_s": round(sum(r.get("time/epoch_s", 0.0) for r in rows), 1) or None,
+        "final_loss": rows[-1]["pretrain/loss"] if rows else None,
+        "wall_s": round(sum(seg_times), 1),
         "checkpoint": ckpt.name if ckpt else None,
     }
 
@@ -623,7 +629,7 @@ def report(out: Path, methods: list[Method], total_s: float | None) -> Path:
             if pre:
                 data_lines.append(
                     f"- {task_name}: {family} pretraining {pre.get('epochs')} epochs, final loss "
-                    f"{pre.get('final_loss', float('nan')):.4g}, {pre.get('stage_wall_s', 0) / 60:.1f} min"
+                    f"{pre.get('final_loss') or float('nan'):.4g}, {pre.get('wall_s', 0) / 60:.1f} min"
                 )
         data = stages.get("data")
         if data:

@@ -115,7 +115,7 @@ def test_report_tabulates_mean_and_std_over_seeds_and_draws_the_curves(tmp_path:
         "eval_dppo_s1": {"episode_return": 1100.0},
         "ft_dppo_s0": fake_finetune([0, 10, 20], [400, 700, 900], "episode_return", 600),
         "ft_dppo_s1": fake_finetune([0, 10, 30], [500, 800, 1000], "episode_return", 660),
-        "pretrain_diffusion": {"epochs": 100, "final_loss": 0.05, "stage_wall_s": 300},
+        "pretrain_diffusion": {"epochs": 100, "final_loss": 0.05, "wall_s": 300},
     }
     for name, payload in summaries.items():
         (runs / f"{name}.json").write_text(json.dumps(payload))
@@ -155,3 +155,12 @@ def test_downsample_keeps_the_ends():
     idx = results.downsample(1000, 300)
     assert idx[0] == 0 and idx[-1] == 999 and len(idx) == 300
     assert np.array_equal(results.downsample(5, 300), np.arange(5))
+
+
+def test_pretrain_summary_sums_the_time_of_resumed_segments(tmp_path: Path):
+    rundir = tmp_path / "pretrain"
+    write_metrics(rundir / "seg0", [{"step": i, "pretrain/loss": 1 / i, "time/elapsed_s": 10.0 * i} for i in (1, 2, 3)])
+    write_metrics(rundir / "seg1", [{"step": i, "pretrain/loss": 0.1, "time/elapsed_s": 5.0 * (i - 3)} for i in (4, 5)])
+    stage = results.Stage("t", "pretrain_diffusion", [], [], results.summarize_pretrain, rundir=rundir)
+    summary = results.summarize_pretrain(stage)
+    assert summary["epochs"] == 5 and summary["final_loss"] == 0.1 and summary["wall_s"] == 40.0
