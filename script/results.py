@@ -98,7 +98,7 @@ TASKS: dict[str, Task] = {
         "gym",
         "hopper-medium-v2",
         "hopper-v2",
-        [f"{GEN}/generate_locomotion.py", "--task", "hopper-medium-v2"],
+        [f"{GEN}/generate_locomotion.py", "--task", "hopper-medium-v2", "--band", "400", "2000", "--max-itr", "200"],
         "episode_return",
         ["env.n_envs=20", "n_episodes=40"],
     ),
@@ -106,7 +106,7 @@ TASKS: dict[str, Task] = {
         "gym",
         "walker2d-medium-v2",
         "walker2d-v2",
-        [f"{GEN}/generate_locomotion.py", "--task", "walker2d-medium-v2"],
+        [f"{GEN}/generate_locomotion.py", "--task", "walker2d-medium-v2", "--band", "400", "2500", "--max-itr", "200"],
         "episode_return",
         ["env.n_envs=20", "n_episodes=40"],
     ),
@@ -192,7 +192,7 @@ class Pipeline:
                 artifact=lambda folder=data_folder: folder / "train.npz",
             )
         )
-        common = ["device=cpu", "wandb=null"]
+        common = [f"device={self.args.device}", "wandb=null"]
         for family_name, family in FAMILIES.items():
             if not any(m.family == family_name for m in methods):
                 continue
@@ -264,7 +264,7 @@ class Pipeline:
                     RUN,
                     f"--config-name={FAMILIES[family].eval}",
                     f"--config-dir=cfg/{task.suite}/eval/{task.ft_env}",
-                    "device=cpu",
+                    f"device={self.args.device}",
                     "wandb=null",
                     f"seed={1000 + seed}",
                     *task.eval_overrides,
@@ -697,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds 0..N-1 (default 1)")
     parser.add_argument("--budget-min", type=float, default=15.0, help="DPPO's wall-time minutes per fine-tuning run")
     parser.add_argument("--baselines", action="store_true", help="also DQL, QSM, DIPO, IDQL, RWR and AWR")
+    parser.add_argument("--device", default="cpu", help="device of every run: cpu (default), cuda, cuda:N")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="stages at once (default: cores)")
     parser.add_argument("--out", type=Path, default=REPO / "results", help="results folder (default results/)")
     parser.add_argument("--report-only", action="store_true", help="only redraw RESULTS.md and PNGs from summaries")

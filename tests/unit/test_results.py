@@ -14,7 +14,15 @@ from script import results
 
 
 def args(out: Path, **kw) -> argparse.Namespace:
-    base = {"tasks": ["avoid_m2"], "seeds": 2, "budget_min": 1.0, "baselines": False, "jobs": 1, "out": out}
+    base = {
+        "tasks": ["avoid_m2"],
+        "seeds": 2,
+        "budget_min": 1.0,
+        "baselines": False,
+        "jobs": 1,
+        "out": out,
+        "device": "cpu",
+    }
     return argparse.Namespace(**{**base, **kw})
 
 
