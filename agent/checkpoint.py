@@ -3,21 +3,34 @@
 A checkpoint is a dict saved with `torch.save` at `<logdir>/checkpoint/state_<N>.pt`, where N is the epoch
 (pretraining) or iteration (fine-tuning). It always carries the resolved config (`config`) and, when known, the
 normalization statistics (`normalization`), so it can be used without the files it was trained from.
+
+Loading never runs code from the file: checkpoints are read with `torch.load(weights_only=True)`, which builds only
+tensors and plain Python values. `save_checkpoint` therefore writes nothing else (`plain_payload`: numpy arrays
+become tensors, numpy scalars Python numbers, paths strings, OmegaConf containers dicts and lists), and
+`load_checkpoint` turns the normalization statistics back into numpy arrays. Checkpoints written before that (numpy
+arrays of numeric dtypes inside) still load: only numpy's array reconstruction is allowed beyond the defaults. A file
+that needs anything else is refused with one line; `allow_pickle=true` loads it with full unpickling, for files the
+user trusts. A checkpoint whose weights are not all finite is never written (`NonFiniteCheckpointError`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import pickle
 import re
 import signal
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from agent.errors import DataError
 
@@ -52,13 +65,94 @@ def ctrl_c_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+# Top-level entries of a checkpoint that hold weights: the policy's, its EMA copy's, the algorithm's modules'.
+WEIGHT_ENTRIES = ("model", "ema", "algorithm")
+# What `weights_only` loading allows beyond its defaults, for checkpoints written with numpy arrays inside: numpy's
+# array reconstruction and numeric dtypes (an array's items are still read by the restricted unpickler).
+_NUMPY_DTYPES = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]
+_NUMPY_GLOBALS = [
+    (importlib.import_module("numpy.core.multiarray")._reconstruct, "numpy.core.multiarray._reconstruct"),
+    np.ndarray,
+    np.dtype,
+    *_NUMPY_DTYPES,
+]
+
+
+class NonFiniteCheckpointError(DataError):
+    """A checkpoint's weights hold NaN or inf; it is not written (or, when found on disk, not used)."""
+
+
+def plain_payload(obj: Any) -> Any:
+    """`obj` with everything `torch.load(weights_only=True)` cannot build turned into what it can.
+
+    numpy arrays become tensors (same dtype and shape), numpy scalars Python numbers, paths strings, OmegaConf
+    containers plain dicts and lists. Dicts (state dicts are `OrderedDict`s with `_metadata`), lists and tuples
+    that need no change are returned as they are.
+    """
+    if isinstance(obj, np.generic):  # before the Python types: np.float64 is a float subclass
+        return obj.item()
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj).copy())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, dict):
+        items = {k: plain_payload(v) for k, v in obj.items()}
+        if all(items[k] is obj[k] for k in obj):
+            return obj
+        out = type(obj)(items) if type(obj) in (dict, OrderedDict) else dict(items)
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [plain_payload(v) for v in obj]
+        if all(a is b for a, b in zip(items, obj)):
+            return obj
+        return type(obj)(items) if type(obj) in (list, tuple) else list(items)
+    return obj
+
+
+def non_finite_weights(payload: dict[str, Any]) -> list[str]:
+    """Names (`model.<key>`, `ema.<key>`, `algorithm.modules.<name>.<key>`) of floating-point weights of a
+    checkpoint dict that hold NaN or inf; empty when all are finite. Optimiser state is not inspected."""
+    found: list[str] = []
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                found.append(prefix)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if prefix == "algorithm" and key != "modules":
+                    continue  # optimiser and scheduler state: not weights
+                visit(f"{prefix}.{key}", item)
+
+    for entry in WEIGHT_ENTRIES:
+        if entry in payload:
+            visit(entry, payload[entry])
+    return found
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write `payload` to `path` atomically: a temp file in the same folder, fsync, then rename.
 
-    A run killed mid-write leaves the previous checkpoint intact and no partial file under the final name; a Ctrl-C
-    during the write lets it finish, then raises KeyboardInterrupt.
+    The payload is written as `plain_payload(payload)`, so that it loads with `weights_only=True`. A run killed
+    mid-write leaves the previous checkpoint intact and no partial file under the final name; a Ctrl-C during the
+    write lets it finish, then raises KeyboardInterrupt.
+
+    Raises:
+        NonFiniteCheckpointError: a weight holds NaN or inf (nothing is written).
     """
     path = Path(path)
+    bad = non_finite_weights(payload)
+    if bad:
+        raise NonFiniteCheckpointError(
+            f"not writing {path}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]})"
+        )
+    payload = plain_payload(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
     with ctrl_c_deferred():
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -75,8 +169,28 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict, turning a missing or unreadable file into a one-line `DataError`."""
+def allows_pickle(cfg: Any) -> bool:
+    """The config's `allow_pickle` key (False when absent): may checkpoints be loaded with full unpickling?"""
+    return bool(OmegaConf.select(cfg, "allow_pickle", default=False))
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", allow_pickle: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint dict without running code from it (see the module docstring).
+
+    Args:
+        path: a `.pt` file, or a run folder (its latest checkpoint).
+        map_location: where the tensors go.
+        allow_pickle: read the file with full unpickling, which can run code it holds (`allow_pickle=true` in the
+            config; only for files the user trusts).
+
+    Returns:
+        the checkpoint dict; `normalization` (when present) as numpy arrays.
+
+    Raises:
+        DataError: missing, unreadable, foreign, or (without `allow_pickle`) needing arbitrary unpickling.
+    """
     path = Path(path)
     if path.is_dir():
         latest = latest_checkpoint(path)
@@ -86,12 +200,34 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path} (pass the path of a checkpoint/state_<N>.pt file)")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        if allow_pickle:
+            payload = torch.load(path, map_location=map_location, weights_only=False)
+        else:
+            with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+                payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(
+            f"checkpoint {path} needs arbitrary unpickling to load ({_unsafe_detail(exc)}), which can run code "
+            "it holds; if you trust the file, add allow_pickle=true to the command line"
+        ) from exc
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise DataError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); is it truncated?") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {first}); is it truncated?") from exc
     if not isinstance(payload, dict) or "model" not in payload:
         raise DataError(f"{path} is not a checkpoint of this toolkit (expected a dict with a 'model' entry)")
+    norm = payload.get("normalization")
+    if isinstance(norm, dict):
+        payload["normalization"] = {
+            k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in norm.items()
+        }
     return payload
+
+
+def _unsafe_detail(exc: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only error that names what the file wanted to build."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "got <" in line]
+    return (named or lines or [type(exc).__name__])[0].rstrip(".")
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:

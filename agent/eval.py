@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from agent.base import BaseAgent, load_normalization
-from agent.checkpoint import load_checkpoint
+from agent.checkpoint import allows_pickle, load_checkpoint
 from agent.config import require
 from agent.errors import ConfigError
 from agent.finetune.base import env_reports_success, make_env, run_episodes
@@ -95,7 +95,7 @@ class EvalAgent(BaseAgent):
         c = self.cfg
         self.checkpoint_path = find_checkpoint(c.base_policy_path)
         assert self.checkpoint_path is not None  # validate() checked it
-        ckpt = load_checkpoint(self.checkpoint_path)
+        ckpt = load_checkpoint(self.checkpoint_path, allow_pickle=allows_pickle(c))
         self.policy = build_policy(c)
         self.checkpoint_kind = load_policy_weights(self.policy, ckpt, c, self.checkpoint_path, for_eval=True)
         self.policy.to(self.device).eval()

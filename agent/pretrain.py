@@ -17,7 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from agent.base import BaseAgent, load_normalization
-from agent.checkpoint import checkpoint_path, find_resume_checkpoint, load_checkpoint, save_checkpoint
+from agent.checkpoint import (
+    allows_pickle,
+    checkpoint_path,
+    find_resume_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from agent.config import instantiate, require
 from agent.dataset import StitchedSequenceDataset
 from agent.schedulers import CosineWarmupRestarts
@@ -121,7 +127,7 @@ class PretrainAgent(BaseAgent):
         log.info("saved %s", path)
 
     def load(self, path) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = load_checkpoint(path, map_location=self.device, allow_pickle=allows_pickle(self.cfg))
         self.model.load_state_dict(ckpt["model"])
         self.ema.model.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])

@@ -46,17 +46,29 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def rng_state() -> dict:
-    """RNG states of python, numpy and torch, for checkpoints that must resume bit-for-bit."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states of python, numpy and torch, for checkpoints that must resume bit-for-bit.
+
+    Plain values and tensors only (they load with `torch.load(weights_only=True)`): python's state is a tuple of
+    ints; numpy's legacy state is ("MT19937", key (624,) uint32 as a list of ints, pos, has_gauss, cached_gaussian);
+    torch's is a uint8 tensor.
+    """
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (str(name), key.tolist(), int(pos), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what `rng_state` saved."""
+    """Restore what `rng_state` saved (numpy's key as a list, a tensor or an array; tensors on any device)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    name, key, pos, has_gauss, cached = state["numpy"]
+    key = key.cpu().numpy() if isinstance(key, torch.Tensor) else key
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

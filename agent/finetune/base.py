@@ -36,7 +36,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from agent.base import BaseAgent, load_normalization
-from agent.checkpoint import checkpoint_path, find_resume_checkpoint, load_checkpoint, save_checkpoint
+from agent.checkpoint import (
+    allows_pickle,
+    checkpoint_path,
+    find_resume_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from agent.config import require
 from agent.errors import ConfigError, DataError
 from agent.finetune.loading import build_policy, find_checkpoint, load_policy_weights, pretrain_command
@@ -500,7 +506,7 @@ class FinetuneAgent(BaseAgent):
         if source is None:
             log.info("no base_policy_path: training from a freshly initialised policy")
             return None
-        ckpt = load_checkpoint(source)
+        ckpt = load_checkpoint(source, allow_pickle=allows_pickle(self.cfg))
         if self.resume_path is None:
             kind = load_policy_weights(self.policy, ckpt, self.cfg, Path(source))
             log.info("loaded %s weights from %s", "EMA" if kind == "pretrain" else "fine-tuned", source)
@@ -541,7 +547,7 @@ class FinetuneAgent(BaseAgent):
 
     def load(self, path: str | Path) -> None:
         """Resume: weights, algorithm (optimisers, schedulers, critics), loop state and RNG states."""
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = load_checkpoint(path, map_location=self.device, allow_pickle=allows_pickle(self.cfg))
         if ckpt.get("kind") != "finetune":
             raise DataError(f"resume={path} is not a fine-tuning checkpoint")
         load_policy_weights(self.policy, ckpt, self.cfg, Path(path))

@@ -67,7 +67,7 @@ class RunningRewardScaler:
         return {"ret": self.ret.copy(), "mean": self.mean, "var": self.var, "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        ret = np.asarray(state["ret"], dtype=np.float64)
+        ret = _numpy(state["ret"]).astype(np.float64)
         if ret.shape != (self.n_envs,):
             raise ValueError(f"reward scaler state is for {ret.shape[0]} envs, this run has {self.n_envs}")
         self.ret = ret.copy()

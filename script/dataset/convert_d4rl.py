@@ -11,6 +11,10 @@ the last end is dropped; normalisation statistics are the min/max over the *whol
 filtering); `--max-episodes` keeps the first episodes; trajectories with total reward <= 0 are skipped (turn
 off with `--keep-nonpositive-reward`). Deliberate difference: the train/val split is drawn after the reward
 filter, so `--val-split` is the validation fraction of the trajectories actually written.
+
+A `.pkl` file is read by an unpickler that builds only dicts and numpy arrays, so reading it cannot run code; a file
+that needs anything else is refused with one line, and `--allow-pickle` reads it with full unpickling (only for
+files you trust).
 """
 
 from __future__ import annotations
@@ -40,13 +44,50 @@ from script.dataset.common import (  # noqa: E402
 
 log = logging.getLogger("convert_d4rl")
 
+# The globals a pickled dict of numpy arrays needs: array and dtype reconstruction (numpy 1 and 2 module names).
+_CORE_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
+_ARRAY_GLOBALS = frozenset(
+    {(core, name) for core in _CORE_MODULES for name in ("_reconstruct", "scalar")}
+    | {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
+)
+
+
+class ArraysUnpickler(pickle.Unpickler):
+    """An unpickler that builds containers, numbers, strings and numpy arrays, and refuses every other global
+    (a function call such as `os.system` included) with `pickle.UnpicklingError` naming it."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in _ARRAY_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def read_pickle(path: Path, allow_pickle: bool = False) -> object:
+    """Unpickle `path` with `ArraysUnpickler`, or with full unpickling when `allow_pickle`.
+
+    Raises:
+        ValueError: the file needs a global beyond numpy arrays (one line naming it and `--allow-pickle`).
+    """
+    with open(path, "rb") as f:
+        if allow_pickle:
+            return pickle.load(f)  # noqa: S301 - the user vouched for this file with --allow-pickle
+        try:
+            return ArraysUnpickler(f).load()
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f"{path} needs arbitrary unpickling to load (it refers to {exc}), which can run code it holds; if "
+                "you trust the file, pass --allow-pickle"
+            ) from exc
+
+
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 
 
-def load_d4rl_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_d4rl_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """Read a D4RL dictionary from `.npz`, `.pkl`/`.pickle` or `.hdf5`/`.h5` (top-level datasets).
 
-    `states` is accepted as another name for `observations`; a missing `timeouts` becomes all False.
+    `states` is accepted as another name for `observations`; a missing `timeouts` becomes all False. A `.pkl` is
+    read by `read_pickle` (numpy arrays only, unless `allow_pickle`).
     """
     path = Path(path)
     if not path.is_file():
@@ -56,8 +97,7 @@ def load_d4rl_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
     elif suffix in (".pkl", ".pickle"):
-        with open(path, "rb") as f:
-            obj = pickle.load(f)  # noqa: S301 - the user's own dataset file
+        obj = read_pickle(path, allow_pickle)
         if not isinstance(obj, Mapping):
             raise ValueError(f"{path} does not hold a dictionary (got {type(obj).__name__})")
         data = {k: np.asarray(v) for k, v in obj.items()}
@@ -162,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep episodes with total reward <= 0 (the reference skips them)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a .pkl with full unpickling, which can run code it holds (only files you trust)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -170,15 +215,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     out = Path(args.out_dir) if args.out_dir else task_dir(args.suite, args.task or Path(args.input).stem)
-    data = load_d4rl_dict(args.input)
-    summary = convert_d4rl(
-        data,
-        out,
-        max_episodes=args.max_episodes,
-        val_split=args.val_split,
-        skip_nonpositive_reward=not args.keep_nonpositive_reward,
-        seed=args.seed,
-    )
+    try:
+        data = load_d4rl_dict(args.input, allow_pickle=args.allow_pickle)
+        summary = convert_d4rl(
+            data,
+            out,
+            max_episodes=args.max_episodes,
+            val_split=args.val_split,
+            skip_nonpositive_reward=not args.keep_nonpositive_reward,
+            seed=args.seed,
+        )
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     print(summary.line())  # final summary for the user
     return 0
 

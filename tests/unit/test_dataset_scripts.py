@@ -173,6 +173,22 @@ def test_load_d4rl_dict_formats(tmp_path: Path, suffix: str) -> None:
         np.testing.assert_array_equal(loaded[k], v)
 
 
+def test_a_pickle_beyond_numpy_arrays_needs_allow_pickle(tmp_path: Path) -> None:
+    """A pickled dict of arrays loads as before (every numeric dtype, OrderedDict); a `defaultdict` (a harmless
+    global that is not an array) is refused naming `--allow-pickle` and loads with it."""
+    from collections import OrderedDict, defaultdict
+
+    d = _d4rl_dict()
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps(OrderedDict(d, extra=np.arange(3, dtype=np.uint8), flag=np.float32(1.5))))
+    assert convert_d4rl.load_d4rl_dict(plain)["extra"].tolist() == [0, 1, 2]
+    other = tmp_path / "other.pkl"
+    other.write_bytes(pickle.dumps(defaultdict(list, d)))
+    with pytest.raises(ValueError, match=r"needs arbitrary unpickling .*collections.defaultdict.*--allow-pickle"):
+        convert_d4rl.load_d4rl_dict(other)
+    np.testing.assert_array_equal(convert_d4rl.load_d4rl_dict(other, allow_pickle=True)["actions"], d["actions"])
+
+
 def test_convert_d4rl_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("DPPO_DATA_DIR", str(tmp_path / "data"))
     d = _d4rl_dict()
