@@ -12,6 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from agent.config import validate_common
 from agent.errors import ConfigError, DataError
+from agent.integrity import verify_checksum
 from agent.logger import Logger, setup_logging
 from agent.utils import resolve_device, set_seed
 
@@ -80,6 +81,7 @@ def load_normalization(path: str | None) -> dict[str, np.ndarray] | None:
     if not p.is_file():
         log.warning("normalization file %s not found; checkpoints will not carry normalization statistics", p)
         return None
+    verify_checksum(p)  # a downloaded file: unchanged since its download
     try:
         with np.load(p) as f:
             stats = {k: f[k] for k in f.files}

@@ -33,6 +33,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from agent.errors import DataError
+from agent.integrity import verify_checksum
 
 _STATE_RE = re.compile(r"^state_(\d+)\.pt$")
 
@@ -189,7 +190,8 @@ def load_checkpoint(
         the checkpoint dict; `normalization` (when present) as numpy arrays.
 
     Raises:
-        DataError: missing, unreadable, foreign, or (without `allow_pickle`) needing arbitrary unpickling.
+        DataError: missing, unreadable, foreign, changed since its download (agent/integrity.py), or (without
+            `allow_pickle`) needing arbitrary unpickling.
     """
     path = Path(path)
     if path.is_dir():
@@ -199,6 +201,7 @@ def load_checkpoint(
         path = latest
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path} (pass the path of a checkpoint/state_<N>.pt file)")
+    verify_checksum(path)  # a downloaded checkpoint: unchanged since its download
     try:
         if allow_pickle:
             payload = torch.load(path, map_location=map_location, weights_only=False)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from agent.errors import DataError
+from agent.integrity import verify_checksum
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def load_npz(path: str | os.PathLike, use_img: bool = False, hint: str | None = 
     if not path.is_file():
         how = f"; {hint}" if hint else ""
         raise DataError(f"dataset file not found: {path}{how}")
+    verify_checksum(path)  # a downloaded dataset: unchanged since its download
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}

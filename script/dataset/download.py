@@ -13,6 +13,10 @@ agent/finetune/loading.py translates on load. Present files are not fetched agai
 when Google Drive refuses, the script stops with one line naming what failed. Tasks with no published files
 (e.g. kitchen) say how to make the data locally instead.
 
+Integrity: Google Drive publishes no checksums, so the first download cannot be verified; the sha256 of each file
+fetched is recorded beside it (`<file>.sha256`, agent/integrity.py) and checked whenever the file is used again (a
+cached download here, a checkpoint or dataset load in a run), so a file changed after its download is refused.
+
 The Google Drive addresses are the ones DPPO publishes (irom-lab/dppo, script/download_url.py).
 """
 
@@ -33,6 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # allow `python script/dataset/download.py` from a checkout
     sys.path.insert(0, str(REPO))
 
+from agent.errors import DataError  # noqa: E402
+from agent.integrity import record_checksum, verify_checksum  # noqa: E402
 from script.dataset.common import data_dir, log_dir, setup_logging  # noqa: E402
 
 log = logging.getLogger("download")
@@ -353,6 +359,18 @@ def dataset_cached(target: Path) -> bool:
     return all((target / name).is_file() for name in DATASET_FILES)
 
 
+def verify_cached(path: Path) -> None:
+    """Check a present file against the sha256 recorded at its download (see the module docstring).
+
+    Raises:
+        DownloadError: the file changed since it was downloaded.
+    """
+    try:
+        verify_checksum(path)
+    except DataError as exc:
+        raise DownloadError(str(exc)) from exc
+
+
 def _gdown() -> Any:
     try:
         import gdown
@@ -390,6 +408,8 @@ def download_dataset(
     source = DATASETS[(suite, task)]
     target = data_dir(root) / suite / task
     if dataset_cached(target) and not force:
+        for name in DATASET_FILES:
+            verify_cached(target / name)
         log.info("%s/%s already present in %s", suite, task, target)
         return target
     if source.folder_id is None:
@@ -413,6 +433,7 @@ def download_dataset(
             dest = target / path.name
             if force or not dest.exists():
                 shutil.move(str(path), dest)
+                record_checksum(dest)
     norm = target / "normalization.npz"
     folder_had_norm = any(p.name == norm.name for p in fetched)
     if source.normalization_id is not None and not folder_had_norm and (force or not norm.is_file()):
@@ -446,6 +467,7 @@ def _download_file(file_id: str, dest: Path, what: str, suite: str, quiet: bool)
     if not out or not tmp.is_file():
         raise _offline_hint(what, url, None, suite)
     os.replace(tmp, dest)
+    record_checksum(dest)
     return dest
 
 
@@ -460,6 +482,7 @@ def download_checkpoint(
     """Fetch one checkpoint to `<root>/<source.path>` (root = $DPPO_LOG_DIR or log/); cached."""
     dest = log_dir(root) / source.path
     if dest.is_file() and not force:
+        verify_cached(dest)
         log.info("checkpoint already present: %s", dest)
         return dest
     log.info("downloading checkpoint %s", source.path)

@@ -458,6 +458,35 @@ def test_download_errors_are_one_line(tmp_dirs: Path, fake_gdown: FakeGdown) -> 
     assert not (tmp_dirs / "data" / "gym" / "walker2d-medium-v2").exists()  # nothing half-made left
 
 
+def test_downloads_record_their_sha256_and_a_changed_file_is_refused(tmp_dirs: Path, fake_gdown: FakeGdown) -> None:
+    """Drive publishes no checksums: the sha256 of each fetched file is recorded beside it and checked on reuse (a
+    cached download, a dataset or checkpoint load); a file changed since its download is refused."""
+    import hashlib
+
+    from agent.checkpoint import load_checkpoint
+    from agent.dataset import load_npz
+    from agent.errors import DataError
+    from agent.integrity import verify_checksum
+
+    target = download.download_dataset("hopper-medium-v2")
+    train = target / "train.npz"
+    record = (target / "train.npz.sha256").read_text().split()
+    assert record == [hashlib.sha256(train.read_bytes()).hexdigest(), "train.npz"]
+    np.savez(train, states=np.zeros((2, 11), np.float32), actions=np.zeros((2, 3), np.float32), traj_lengths=[2])
+    with pytest.raises(download.DownloadError, match="does not match the sha256 recorded"):
+        download.download_dataset("hopper-medium-v2")
+    with pytest.raises(DataError, match="train.npz does not match the sha256 recorded .* --force"):
+        load_npz(train)
+    download.download_dataset("hopper-medium-v2", force=True)  # fetched again: a new record that matches
+    assert verify_checksum(train) is True
+
+    ckpt = download.download_checkpoint(download.checkpoints_for("can")[0])
+    assert (ckpt.parent / f"{ckpt.name}.sha256").is_file()
+    ckpt.write_bytes(b"changed")
+    with pytest.raises(DataError, match="does not match the sha256 recorded"):
+        load_checkpoint(ckpt)
+
+
 def test_download_checkpoints(tmp_dirs: Path, fake_gdown: FakeGdown) -> None:
     ckpts = download.checkpoints_for("can")
     assert len(ckpts) == 6 and all(c.path.startswith("robomimic-pretrain/can_pre_") for c in ckpts)
