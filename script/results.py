@@ -629,7 +629,7 @@ def report(out: Path, methods: list[Method], total_s: float | None) -> Path:
             if pre:
                 data_lines.append(
                     f"- {task_name}: {family} pretraining {pre.get('epochs')} epochs, final loss "
-                    f"{pre.get('final_loss') or float('nan'):.4g}, {pre.get('wall_s', 0) / 60:.1f} min"
+                    f"{pre.get('final_loss') or float('nan'):.4g}, {(pre.get('wall_s') or 0) / 60:.1f} min"
                 )
         data = stages.get("data")
         if data:
