@@ -4,12 +4,16 @@ Per batch: `loss = model.loss(actions, cond)`, AdamW step. Every `train.update_e
 either set to the weights (before epoch `train.epoch_start_ema`) or moved toward them with `ema.decay`. The lr
 schedule steps once per epoch. Checkpoints `checkpoint/state_<epoch>.pt` hold `model`, `ema`, optimizer, scheduler,
 RNG state, the resolved config and the normalization statistics; `resume=true` continues a killed run.
+
+A NaN/inf loss or weight stops the run at the end of its epoch with one line (`train.nan_policy`, agent/nonfinite.py);
+no checkpoint with a non-finite weight is written.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 
 import torch
@@ -26,6 +30,7 @@ from agent.checkpoint import (
 )
 from agent.config import instantiate, require
 from agent.dataset import StitchedSequenceDataset
+from agent.nonfinite import check_nan_policy, diverged, non_finite_parameters
 from agent.schedulers import CosineWarmupRestarts
 from agent.utils import rng_state, set_rng_state
 
@@ -78,6 +83,7 @@ class PretrainAgent(BaseAgent):
         require(t.save_model_freq >= 1, f"train.save_model_freq must be >= 1, got {t.save_model_freq}")
         require(t.update_ema_freq >= 1, f"train.update_ema_freq must be >= 1, got {t.update_ema_freq}")
         require(0.0 <= cfg.ema.decay < 1.0, f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
+        check_nan_policy(OmegaConf.select(cfg, "train.nan_policy", default=None))
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
@@ -96,6 +102,8 @@ class PretrainAgent(BaseAgent):
         self.n_batches = 0
         # read once: a config lookup per batch costs about 1% of a small MLP's step
         self.update_ema_freq, self.epoch_start_ema = int(t.update_ema_freq), int(t.epoch_start_ema)
+        self.skip_nonfinite = check_nan_policy(OmegaConf.select(cfg, "train.nan_policy", default=None)) != "stop"
+        self.skipped_batches = 0  # in the last epoch (train.nan_policy=skip_batch)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(
             "model %s: %d parameters; %d training windows",
@@ -150,9 +158,15 @@ class PretrainAgent(BaseAgent):
             count += n
         return total / count
 
-    def train_step(self, batch) -> torch.Tensor:
-        """One AdamW step on `batch`, then the EMA cadence; returns the detached loss."""
+    def train_step(self, batch) -> torch.Tensor | None:
+        """One AdamW step on `batch`, then the EMA cadence; returns the detached loss (a scalar tensor).
+
+        With `train.nan_policy=skip_batch` a batch whose loss is not finite makes no step and returns None.
+        """
         loss = self.model.loss(batch.actions, batch.cond)
+        if self.skip_nonfinite and not bool(torch.isfinite(loss)):
+            self.n_batches += 1
+            return None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -166,14 +180,35 @@ class PretrainAgent(BaseAgent):
         return loss.detach()
 
     def train_epoch(self) -> float:
-        """One shuffled pass over the training windows; returns the mean loss."""
+        """One shuffled pass over the training windows; returns the mean loss of the batches that made a step.
+
+        Raises:
+            DivergedError: the loss (any batch's: their sum is read once) or a weight is not finite, or every
+                batch was skipped (`train.nan_policy=skip_batch`).
+        """
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
-        n = 0
+        n = skipped = 0
+        first = self.n_batches
         for batch in self.dataset.iterate(self.cfg.train.batch_size, generator=self.generator):
-            loss_sum += self.train_step(batch)
+            loss = self.train_step(batch)
+            if loss is None:
+                skipped += 1
+                continue
+            loss_sum += loss
             n += 1
-        return float(loss_sum) / max(n, 1)
+        mean = float(loss_sum) / max(n, 1)
+        where = f"epoch {self.epoch} (batches {first}-{self.n_batches - 1})"
+        lr = f"train.learning_rate={self.cfg.train.learning_rate}"
+        if not math.isfinite(mean) or (n == 0 and skipped):
+            raise diverged("loss", where, self.logdir, lr)
+        bad = non_finite_parameters([("model", self.model), ("ema", self.ema.model)])
+        if bad:
+            raise diverged(f"weights ({bad[0]})", where, self.logdir, lr)
+        if skipped:
+            log.warning("epoch %d: skipped %d batch(es) with a non-finite loss", self.epoch, skipped)
+        self.skipped_batches = skipped
+        return mean
 
     def run(self) -> None:
         t = self.cfg.train
@@ -183,6 +218,8 @@ class PretrainAgent(BaseAgent):
         for epoch in bar:
             self.epoch = epoch
             metrics = {"pretrain/loss": self.train_epoch(), "pretrain/lr": self.scheduler.get_last_lr()[0]}
+            if self.skip_nonfinite:
+                metrics["pretrain/skipped_batches"] = self.skipped_batches
             self.scheduler.step()
             if epoch % val_freq == 0 or epoch == t.n_epochs:
                 val = self.validation_loss()

@@ -46,6 +46,7 @@ from agent.checkpoint import (
 from agent.config import require
 from agent.errors import ConfigError, DataError
 from agent.finetune.loading import build_policy, find_checkpoint, load_policy_weights, pretrain_command
+from agent.nonfinite import check_nan_policy, diverged, non_finite_losses, non_finite_parameters
 from agent.schedulers import CosineWarmupRestarts
 from agent.utils import rng_state, set_rng_state
 from env.pipeline import PipelinedVectorEnv, merge_step_results
@@ -435,6 +436,10 @@ class FinetuneAgent(BaseAgent):
     Budgets: training ends after `n_train_itr` iterations, or earlier after the iteration at which the env steps
     reach `train.max_env_steps` or the run's wall time (iterations and evaluations, summed over resumed segments)
     reaches `train.max_wall_min` minutes; either way the last iteration is checkpointed and evaluated.
+
+    Divergence (`train.nan_policy`, agent/nonfinite.py): after every iteration the `*loss*` metrics it returned and
+    the weights (policy and the algorithm's modules) are checked; a non-finite loss (under `stop`, the default) or
+    weight ends the run with one line naming the iteration and the last good checkpoint, before anything is saved.
     """
 
     algorithm_class: ClassVar[type[Algorithm]]
@@ -466,6 +471,7 @@ class FinetuneAgent(BaseAgent):
                 f"base_policy_path={base} has no checkpoint; pretrain first with `{pretrain_command(cfg)}` "
                 "or pass base_policy_path=<path to state_<N>.pt>"
             )
+        check_nan_policy(get("train.nan_policy"))
         self.algorithm_class.validate_config(cfg)
 
     # ---------------------------------------------------------------- set-up
@@ -624,6 +630,23 @@ class FinetuneAgent(BaseAgent):
     def train_iteration(self) -> dict[str, float]:
         """One training iteration (collect + update); returns metrics without the `train/` prefix."""
 
+    def check_finite(self, metrics: Mapping[str, Any]) -> None:
+        """Stop (`DivergedError`) when iteration `self.itr`'s losses (under `train.nan_policy=stop`) or the
+        weights are not finite; see the class docstring."""
+        c = self.cfg
+        lrs = ", ".join(
+            f"train.{k}={v}" for k, v in c.train.items() if str(k).endswith("lr") and isinstance(v, (int, float))
+        )
+        where, causes = f"iteration {self.itr}", (lrs or "train.*_lr", "the observations or rewards")
+        losses = non_finite_losses(metrics)
+        if losses and check_nan_policy(OmegaConf.select(c, "train.nan_policy", default=None)) == "stop":
+            what = f"loss ({losses[0]}={metrics[losses[0]]})"
+            raise diverged(what, where, self.logdir, *causes)
+        modules = [("model", self.policy), *((f"algorithm.{k}", m) for k, m in self.algorithm.modules.items())]
+        bad = non_finite_parameters(modules)
+        if bad:
+            raise diverged(f"weights ({bad[0]})", where, self.logdir, *causes)
+
     # ---------------------------------------------------------------- main loop
     def run(self) -> None:
         c = self.cfg
@@ -642,6 +665,7 @@ class FinetuneAgent(BaseAgent):
                 metrics = self.train_iteration()
                 self.algorithm.end_iteration()
                 self.itr += 1
+                self.check_finite(metrics)
                 iter_s = time.perf_counter() - start
                 self.elapsed_s += iter_s
                 self.wall_s += iter_s

@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from agent.checkpoint import latest_checkpoint
+from agent.checkpoint import list_checkpoints, load_checkpoint, non_finite_weights
 from agent.config import instantiate
 from agent.errors import ConfigError, DataError
 from model.common.critic import CriticObs
@@ -78,6 +78,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     Accepts a file, a run folder (its latest `checkpoint/state_<N>.pt`), or an experiment folder holding several
     dated runs (the newest run's latest checkpoint), so the configs' default `base_policy_path`
     (`${log_dir}/<suite>-pretrain/<pretrain name>`) finds the last pretraining run without a date in the path.
+    In a folder, a checkpoint with non-finite weights (from a run that diverged before such checkpoints were
+    refused) is passed over for the next newest one, with a warning; a file given by name is returned as it is.
 
     Raises:
         DataError: nothing loadable there.
@@ -86,14 +88,33 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
-        latest = latest_checkpoint(p)
-        if latest is not None:
-            return latest
-        runs = [latest_checkpoint(d) for d in p.iterdir() if d.is_dir()]
-        runs = [r for r in runs if r is not None]
-        if runs:
-            return max(runs, key=lambda r: r.stat().st_mtime)
+        own = [c for _, c in reversed(list_checkpoints(p))]
+        if own:
+            candidates = own
+        else:  # an experiment folder: the runs newest first (by their latest checkpoint), each newest first
+            runs = [list_checkpoints(d) for d in p.iterdir() if d.is_dir()]
+            runs = sorted((r for r in runs if r), key=lambda r: r[-1][1].stat().st_mtime, reverse=True)
+            candidates = [c for run in runs for _, c in reversed(run)]
+        for candidate in candidates:
+            if checkpoint_is_finite(candidate):
+                return candidate
+            log.warning("%s holds non-finite weights (a diverged run): passed over", candidate)
     raise DataError(f"no checkpoint at {p} (give a state_<N>.pt file, a run folder or an experiment folder)")
+
+
+_FINITE: dict[tuple[str, float], bool] = {}
+
+
+def checkpoint_is_finite(path: Path) -> bool:
+    """Whether a checkpoint's weights are all finite (`non_finite_weights`); a file that cannot be read safely
+    counts as finite here, so that loading it later reports why. Remembered per path and modification time."""
+    key = (str(path), path.stat().st_mtime)
+    if key not in _FINITE:
+        try:
+            _FINITE[key] = not non_finite_weights(load_checkpoint(path))
+        except DataError:
+            _FINITE[key] = True
+    return _FINITE[key]
 
 
 def find_checkpoint(path: str | Path) -> Path | None:
@@ -237,7 +258,13 @@ def load_policy_weights(
 
     Raises:
         ConfigError: incompatible config, K' mismatch, or weights that do not fit.
+        DataError: the checkpoint's weights are not all finite.
     """
+    bad = non_finite_weights(dict(ckpt))
+    if bad:
+        raise DataError(
+            f"{path} holds non-finite weights ({bad[0]}): its run diverged; use an earlier checkpoint of that run"
+        )
     diffusion = is_diffusion(policy)
     if is_dppo_checkpoint(ckpt):
         ckpt = from_dppo_checkpoint(ckpt, policy, path)

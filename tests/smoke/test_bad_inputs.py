@@ -155,3 +155,22 @@ def test_allow_pickle_loads_a_trusted_checkpoint(tmp_path: Path):
     assert out.returncode == 2 and "allow_pickle=true" in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
     out = run_cli([*resume, "allow_pickle=true"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_diverging_pretraining_stops_with_one_error_line_and_no_nan_checkpoint(tmp_path: Path):
+    """`train.learning_rate=1e6`: exit 2 with one `error:` line (after the progress bar) naming the epoch and the
+    last good checkpoint; every checkpoint left is finite."""
+    from agent.checkpoint import list_checkpoints, load_checkpoint
+
+    _hopper_demos(tmp_path)
+    huge_lr = ["train.n_epochs=20", "train.save_model_freq=1", "train.learning_rate=1e6"]
+    out = run_cli([*PRETRAIN, *SMALL, *huge_lr], tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0] == out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
+    assert "training diverged: non-finite loss at epoch" in errors[0] and "last good checkpoint" in errors[0]
+    assert "Traceback" not in out.stderr
+    run = next((tmp_path / "log/gym-pretrain").glob("*/*"))
+    for _, path in list_checkpoints(run):
+        ckpt = load_checkpoint(path)
+        assert all(torch.isfinite(v).all() for part in ("model", "ema") for v in ckpt[part].values())
