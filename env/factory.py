@@ -9,8 +9,13 @@ Config keys (everything else is an error, except the training-loop keys in `LOOP
 - max_episode_steps (suite default: gym 1000, lift/can 300, square 400, transport 800, kitchen 280, avoid 100):
   time limit in env steps (truncation).
 - asynchronous (False): AsyncVectorEnv (one process per sub-env) instead of SyncVectorEnv.
-- pipeline (False): step all sub-envs in one worker process, in two groups, so that an on-policy rollout samples
-  one group's chunks while the worker steps the other (env/pipeline.py); not together with `asynchronous`.
+- pipeline (False): step the sub-envs in worker processes (one unless `workers` says more), in two groups, so that
+  an on-policy rollout samples one group's chunks while the workers step the other (env/pipeline.py); not
+  together with `asynchronous`.
+- workers (None): number of worker processes that step the sub-envs, each a contiguous part of them in a loop
+  (env/pipeline.py; with `pipeline` false the envs form one group); "auto": one per core this process may run
+  on (os.sched_getaffinity); never more than the sub-envs per group. None: one with `pipeline`, else the
+  sub-envs are stepped in this process (or by `asynchronous` workers). Not together with `asynchronous`.
 - mp_context (None): start method for async / pipeline workers; forced to "spawn" when MuJoCo renders.
 - step_timeout (300): seconds an async step may take before the workers are reported as hung (reset: 4x).
 - action_clip (True): clip normalised actions to [-1, 1]; False: out-of-range actions raise ValueError.
@@ -63,6 +68,7 @@ class EnvConfig:
     max_episode_steps: int | None = None
     asynchronous: bool = False
     pipeline: bool = False
+    workers: int | str | None = None
     mp_context: str | None = None
     step_timeout: float | None = 300.0
     action_clip: bool = True
@@ -122,10 +128,33 @@ class EnvConfig:
                 raise EnvConfigError(f"env.{key} must be true or false, got {getattr(self, key)!r}")
         if self.pipeline and self.asynchronous:
             raise EnvConfigError("env.pipeline and env.asynchronous exclude each other: set one of them to false")
+        if self.workers is not None:
+            w = self.workers
+            if w != "auto" and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
+                raise EnvConfigError(f"env.workers must be a positive integer, auto or null, got {w!r}")
+            if self.asynchronous:
+                raise EnvConfigError("env.workers and env.asynchronous exclude each other: set workers to null")
         if self.mp_context not in (None, "fork", "spawn", "forkserver"):
             raise EnvConfigError(f"env.mp_context must be fork, spawn, forkserver or null, got {self.mp_context!r}")
         if any(s < 2 or s % 2 for s in self.render_size):
             raise EnvConfigError(f"env.render_size must be two even numbers [H, W], got {list(self.render_size)}")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity; os.cpu_count() where affinity is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int | str | None, pipeline: bool) -> int | None:
+    """`env.workers` -> the number of worker processes (None: no workers, the envs step in this process)."""
+    if workers == "auto":
+        return available_cores()
+    if workers is None:
+        return 1 if pipeline else None
+    return int(workers)
 
 
 def _to_plain(obj: Any) -> Any:
@@ -282,7 +311,7 @@ def make_vec_env(
             cfg/robomimic/env_meta/<name>[-img].json.
 
     Returns:
-        ChunkedVectorEnv (PipelinedVectorEnv with `pipeline`, the same API):
+        ChunkedVectorEnv (PipelinedVectorEnv with `pipeline` or `workers`, the same API):
         `reset() -> (obs, {})`, `step((E, Te, Da)) -> (obs, reward (E,), terminated (E,),
         truncated (E,), info)`; see `ChunkedVectorEnv.step` for the info keys.
 
@@ -301,7 +330,8 @@ def make_vec_env(
     if renders_gl:
         _ensure_headless_gl()
     context = cfg.mp_context
-    if (cfg.asynchronous or cfg.pipeline) and renders_gl and context != "spawn":
+    n_workers = resolve_workers(cfg.workers, cfg.pipeline)
+    if (cfg.asynchronous or n_workers is not None) and renders_gl and context != "spawn":
         # A forked worker inherits the parent's OpenGL/EGL state and hangs on its first render.
         context = "spawn"
     base_spec = EnvSpec(
@@ -321,21 +351,27 @@ def make_vec_env(
             video = (cfg.video_dir, name, i, cfg.n_video_episodes, cfg.video_fps)
         spec = replace(base_spec, render=record, index=i)
         plans.append(_SubEnvPlan(suite.name, spec, wrappers, f"{name} sub-env {i}", video))
+    n_groups = min(2, cfg.n_envs) if cfg.pipeline else 1
+    if n_workers is not None:
+        n_workers = min(n_workers, cfg.n_envs // n_groups)
+    kind = "async" if cfg.asynchronous else "sync" if n_workers is None else f"{n_workers}-worker"
     log.info(
-        "building %d %s %s env(s) (suite %s, max_episode_steps %d)",
+        "building %d %s%s %s env(s) (suite %s, max_episode_steps %d)",
         cfg.n_envs,
-        "async" if cfg.asynchronous else "pipelined" if cfg.pipeline else "sync",
+        kind,
+        ", pipelined" if cfg.pipeline else "",
         name,
         suite.name,
         max_episode_steps,
     )
     env_fns = [partial(_build_sub_env, p) for p in plans]
-    if cfg.pipeline:
+    if n_workers is not None:
         return PipelinedVectorEnv(
             env_fns,
             name=name,
             seed=seed,
-            n_groups=min(2, cfg.n_envs),
+            n_groups=n_groups,
+            n_workers=n_workers,
             context=context,
             step_timeout=cfg.step_timeout,
             action_clip=cfg.action_clip,

@@ -1,14 +1,17 @@
-"""Envs stepped in a worker process, in groups, so that rollouts overlap env stepping with policy sampling.
+"""Envs stepped in worker processes, in groups, so that rollouts overlap env stepping with policy sampling and
+spread the envs over the cores.
 
-`PipelinedVectorEnv` builds the sub-envs in one worker process as G `ChunkedVectorEnv` groups (contiguous
-slices of the E sub-envs, sync inside the worker). An on-policy rollout sends group 0's chunk, samples group 1's
-chunk while the worker steps group 0, and so on (`OnPolicyAgent.collect`): the denoising chain then runs on one
-core while the envs run on another, instead of one after the other. `step` (all groups, in order) gives the same
-observations, rewards and infos as a plain `ChunkedVectorEnv` over the same sub-envs and seed, so every other
-user (evaluation, off-policy agents) sees an ordinary vector env.
+`PipelinedVectorEnv` builds the E sub-envs in W worker processes as G groups (contiguous slices of the E
+sub-envs; each worker holds a contiguous part of every group as a sync `ChunkedVectorEnv`, so a group's step is
+one message per worker and no per-env IPC). With G = 2 an on-policy rollout sends group 0's chunk, samples group
+1's chunk while the workers step group 0, and so on (`OnPolicyAgent.collect`): the denoising chain then runs while
+the envs run, instead of one after the other. With W > 1 the workers step their parts in parallel, one core each.
+`step` (all groups, in order) gives the same observations, rewards and infos as a plain `ChunkedVectorEnv` over
+the same sub-envs and seed, so every other user (evaluation, off-policy agents) sees an ordinary vector env.
 
-Chosen with `env.pipeline: true` (see env/factory.py); suits cheap state-based envs on CPU (gym locomotion,
-kitchen, avoid), where one process steps all envs at the raw sync rate.
+Chosen with `env.pipeline: true` (G = 2) and/or `env.workers: <W> | auto` (see env/factory.py): cheap state-based
+envs on CPU (gym locomotion, kitchen, avoid) use one worker and two groups, where one process steps all envs at
+the raw sync rate; expensive ones (robosuite) one worker per core.
 """
 
 from __future__ import annotations
@@ -59,9 +62,17 @@ def merge_step_results(results: Sequence[StepResult]) -> StepResult:
 
 
 def _worker(
-    conn: Any, parent_conn: Any, env_fns: Sequence[Callable[[], gym.Env]], groups: Sequence[slice], kwargs: dict
+    conn: Any,
+    parent_conn: Any,
+    parts: Sequence[tuple[int, Sequence[Callable[[], gym.Env]]]],
+    kwargs: dict,
 ) -> None:
-    """Worker process: build the groups, then answer (command, group, payload) messages in order."""
+    """Worker process: build one `ChunkedVectorEnv` per group part, then answer (command, group, payload) messages
+    in order.
+
+    Args:
+        parts: per group, (index of the part's first sub-env among all E, the part's sub-env constructors).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it closes the worker)
     # A forked worker holds a copy of the parent's end: close it, so that the parent's death ends `recv` (EOFError)
     # and the worker with it, instead of leaving it waiting forever.
@@ -71,8 +82,8 @@ def _worker(
     envs: list[ChunkedVectorEnv] = []
     try:
         seed = kwargs.pop("seed")
-        for g in groups:
-            envs.append(vectorize(env_fns[g], seed=None if seed is None else seed + g.start, **kwargs))
+        for start, fns in parts:
+            envs.append(vectorize(fns, seed=None if seed is None else seed + start, **kwargs))
         first = envs[0]
         spaces = (first.single_observation_space, first.single_action_space)
         conn.send(("ok", (spaces, {key: getattr(first, key) for key in _CONTRACT_ATTRIBUTES})))
@@ -110,16 +121,20 @@ def _picklable(e: BaseException) -> BaseException:
 
 
 class PipelinedVectorEnv:
-    """E sub-envs in one worker process, as `n_groups` ChunkedVectorEnvs that can be stepped one after another.
+    """E sub-envs in W worker processes, as `n_groups` groups that can be stepped one after another.
 
-    The API and attributes of `ChunkedVectorEnv` (`reset`, `step`, `close`, spaces, `n_envs`, `obs_dim`, ...),
-    plus `groups` (the sub-env slice of each group), `step_async(group, actions)` and `step_wait(group)`.
+    Group g is a contiguous slice of the E sub-envs (`groups[g]`); each worker holds a contiguous part of every
+    group (`parts[g][w]`, worker 0 the first rows) as a sync `ChunkedVectorEnv`, so a group's step is one message
+    to each worker, which the workers execute in parallel. The API and attributes of `ChunkedVectorEnv` (`reset`,
+    `step`, `close`, spaces, `n_envs`, `obs_dim`, ...), plus `groups`, `n_workers`, `step_async(group, actions)`
+    and `step_wait(group)`.
 
     Args:
         env_fns: one picklable constructor per sub-env (ending in MultiStep, as for `vectorize`).
         name: env name for messages.
         seed: seed of the first reset without one (sub-env i: seed + i, as `ChunkedVectorEnv`).
         n_groups: G.
+        n_workers: W, at most the size of the smallest group (a larger value is lowered to it).
         context: multiprocessing start method (None: the platform's default).
         step_timeout: seconds to wait for a group's step (a reset waits 4x as long); None: forever.
         action_clip, action_tolerance: see `ChunkedVectorEnv`.
@@ -132,6 +147,7 @@ class PipelinedVectorEnv:
         name: str,
         seed: int | None = None,
         n_groups: int = 2,
+        n_workers: int = 1,
         context: str | None = None,
         step_timeout: float | None = 300.0,
         action_clip: bool = True,
@@ -140,6 +156,14 @@ class PipelinedVectorEnv:
         self.name = name
         self.n_envs = self.num_envs = len(env_fns)
         self.groups = group_slices(self.n_envs, n_groups)
+        if n_workers < 1:
+            raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+        self.n_workers = min(n_workers, min(g.stop - g.start for g in self.groups))
+        # parts[g][w]: the sub-envs of group g that worker w holds (global indices)
+        self.parts = [
+            [slice(g.start + s.start, g.start + s.stop) for s in group_slices(g.stop - g.start, self.n_workers)]
+            for g in self.groups
+        ]
         self.step_timeout = step_timeout
         self._pending: deque[int] = deque()
         self._closed = False
@@ -152,21 +176,33 @@ class PipelinedVectorEnv:
             "action_tolerance": action_tolerance,
             "step_timeout": None,
         }
+        fns = list(env_fns)
         ctx = multiprocessing.get_context(context)
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(
-            target=_worker,
-            args=(child, self._conn, list(env_fns), self.groups, kwargs),
-            name=f"{name}-envs",
-            daemon=True,
-        )
-        try:
-            self._process.start()
-        except (BrokenPipeError, EOFError, ConnectionError) as e:
-            raise EnvWorkerError(f"{name}: the env worker process failed to start: {e!r}") from e
-        child.close()
+        self._conns: list[Any] = []
+        self._processes: list[Any] = []
+        for w in range(self.n_workers):
+            parent, child = ctx.Pipe()
+            parts = [(part[w].start, fns[part[w]]) for part in self.parts]
+            process = ctx.Process(
+                target=_worker,
+                args=(child, parent, parts, dict(kwargs)),
+                name=f"{name}-envs-{w}",
+                daemon=True,
+            )
+            self._conns.append(parent)
+            self._processes.append(process)
+            try:
+                process.start()
+            except (BrokenPipeError, EOFError, ConnectionError) as e:
+                self.close(terminate=True)
+                raise EnvWorkerError(f"{name}: the env worker process failed to start: {e!r}") from e
+            child.close()
         timeout = None if step_timeout is None else 4 * step_timeout
-        (obs_space, action_space), attributes = self._receive("start", timeout)
+        try:
+            (obs_space, action_space), attributes = self._receive_all("start", timeout)[0]
+        except Exception:
+            self.close(terminate=True)  # the workers that did build wait for commands: stop them
+            raise
         self.single_observation_space, self.single_action_space = obs_space, action_space
         self.observation_space = batch_space(obs_space, self.n_envs)
         self.action_space = batch_space(action_space, self.n_envs)
@@ -174,26 +210,34 @@ class PipelinedVectorEnv:
             setattr(self, key, value)
 
     # ------------------------------------------------------------------ worker messages
-    def _receive(self, stage: str, timeout: float | None) -> Any:
+    def _receive(self, w: int, stage: str, timeout: float | None) -> tuple[str, Any]:
+        """Worker w's next answer as (status, payload); a dead or silent worker closes all and raises."""
+        conn, process = self._conns[w], self._processes[w]
         try:
-            if timeout is not None and not self._conn.poll(timeout):
-                raise self._failure(stage, f"did not answer within {timeout} s")
-            status, payload = self._conn.recv()
+            if timeout is not None and not conn.poll(timeout):
+                raise self._failure(w, stage, f"did not answer within {timeout} s")
+            return conn.recv()
         except (EOFError, BrokenPipeError, ConnectionError, OSError) as e:
-            raise self._failure(stage, _describe_exit(self._process.exitcode)) from e
-        if status == "error":
-            raise payload
-        return payload
+            raise self._failure(w, stage, _describe_exit(process.exitcode)) from e
 
-    def _failure(self, stage: str, detail: str) -> EnvWorkerError:
+    def _receive_all(self, stage: str, timeout: float | None) -> list[Any]:
+        """Every worker's next answer, in worker order; an error is raised once all workers have answered."""
+        answers = [self._receive(w, stage, timeout) for w in range(self.n_workers)]
+        for status, payload in answers:
+            if status == "error":
+                raise payload
+        return [payload for _, payload in answers]
+
+    def _failure(self, w: int, stage: str, detail: str) -> EnvWorkerError:
+        pid = self._processes[w].pid
         self.close(terminate=True)
-        return EnvWorkerError(f"{self.name}: {stage} failed: the env worker (pid {self._process.pid}) {detail}")
+        return EnvWorkerError(f"{self.name}: {stage} failed: the env worker (pid {pid}) {detail}")
 
-    def _send(self, stage: str, message: tuple) -> None:
+    def _send(self, w: int, stage: str, message: tuple) -> None:
         try:
-            self._conn.send(message)
+            self._conns[w].send(message)
         except (BrokenPipeError, ConnectionError, OSError) as e:
-            raise self._failure(stage, _describe_exit(self._process.exitcode)) from e
+            raise self._failure(w, stage, _describe_exit(self._processes[w].exitcode)) from e
 
     # ------------------------------------------------------------------ vector env API
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
@@ -203,14 +247,24 @@ class PipelinedVectorEnv:
             seed = self._seed
         self._seeded = True
         timeout = None if self.step_timeout is None else 4 * self.step_timeout
-        for i, g in enumerate(self.groups):
-            group_seed = seed[g] if isinstance(seed, list) else (None if seed is None else seed + g.start)
-            self._send("reset", ("reset", i, {"seed": group_seed, "options": options}))
-        return concat_groups([self._receive("reset", timeout)[0] for _ in self.groups]), {}
+        for i, parts in enumerate(self.parts):
+            for w, part in enumerate(parts):
+                part_seed = seed[part] if isinstance(seed, list) else (None if seed is None else seed + part.start)
+                self._send(w, "reset", ("reset", i, {"seed": part_seed, "options": options}))
+        obs = [concat_groups([o for o, _ in self._receive_all("reset", timeout)]) for _ in self.groups]
+        return concat_groups(obs), {}
 
     def step_async(self, group: int, actions: Any) -> None:
-        """Send group `group`'s chunk (n_g, Te, Da); the worker steps the groups in the order they are sent."""
-        self._send("step", ("step", group, actions))
+        """Send group `group`'s chunk (n_g, Te, Da); the workers step the groups in the order they are sent."""
+        actions = np.asarray(actions)
+        g = self.groups[group]
+        if actions.ndim < 1 or actions.shape[0] != g.stop - g.start:
+            raise ValueError(
+                f"{self.name}: group {group} holds sub-envs {g.start}..{g.stop - 1}, so its actions must have "
+                f"shape ({g.stop - g.start}, act_steps, action_dim), got {tuple(actions.shape)}"
+            )
+        for w, part in enumerate(self.parts[group]):
+            self._send(w, "step", ("step", group, actions[part.start - g.start : part.stop - g.start]))
         self._pending.append(group)
 
     def step_wait(self, group: int) -> StepResult:
@@ -218,7 +272,7 @@ class PipelinedVectorEnv:
         if not self._pending or self._pending[0] != group:
             raise RuntimeError(f"{self.name}: step_wait({group}) but the pending group steps are {list(self._pending)}")
         self._pending.popleft()
-        return self._receive("step", self.step_timeout)
+        return merge_step_results(self._receive_all("step", self.step_timeout))
 
     def step(self, actions: Any) -> StepResult:
         """Step every group with its rows of `actions` (E, Te, Da); the merged result, as `ChunkedVectorEnv.step`."""
@@ -236,7 +290,7 @@ class PipelinedVectorEnv:
                 results.append(self.step_wait(i))
             except EnvWorkerError:
                 raise
-            except Exception as e:  # noqa: BLE001 - raised below, once the worker is idle again
+            except Exception as e:  # noqa: BLE001 - raised below, once the workers are idle again
                 error = error or e
         if error is not None:
             raise error
@@ -247,26 +301,32 @@ class PipelinedVectorEnv:
         while self._pending:
             self._pending.popleft()
             try:
-                self._receive("step", self.step_timeout)
+                self._receive_all("step", self.step_timeout)
             except EnvWorkerError:
                 raise
             except Exception:  # noqa: BLE001 - the abandoned step's own error no longer matters
                 log.debug("%s: an abandoned group step failed", self.name, exc_info=True)
 
     def close(self, terminate: bool = False) -> None:
-        """Stop the worker (politely unless `terminate`, or when it does not stop within 10 s)."""
+        """Stop the workers (politely unless `terminate`, or when one does not stop within 10 s)."""
         if self._closed:
             return
         self._closed = True
-        if not terminate and self._process.is_alive():
-            with contextlib.suppress(BrokenPipeError, ConnectionError, OSError):
-                self._conn.send(("close", 0, None))
-            self._process.join(10)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(5)
-        self._conn.close()
+        if not terminate:
+            for conn, process in zip(self._conns, self._processes):
+                if process.is_alive():
+                    with contextlib.suppress(BrokenPipeError, ConnectionError, OSError):
+                        conn.send(("close", 0, None))
+            for process in self._processes:
+                if process.pid is not None:
+                    process.join(10)
+        for process in self._processes:
+            if process.pid is not None and process.is_alive():
+                process.terminate()
+                process.join(5)
+        for conn in self._conns:
+            conn.close()
 
     def __del__(self) -> None:
-        if hasattr(self, "_process"):
+        if hasattr(self, "_processes"):
             self.close(terminate=True)

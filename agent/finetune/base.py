@@ -155,11 +155,11 @@ def step_env_groups(
 ) -> Iterator[tuple[list[Any], tuple]]:
     """Step `env` `n_steps` times from `obs`, the actions chosen by `act`; yields each step's result.
 
-    With a `PipelinedVectorEnv` (`env.pipeline`) the envs step in groups in a worker process: each group's next
-    chunk is chosen as soon as its step returns, while the worker steps the other group, and torch keeps one thread
-    fewer meanwhile so that the worker has a core of its own. A plain vector env is one group, chosen for
-    and stepped in turn. The last step sends nothing further; a consumer that stops early leaves at most one
-    step per group pending, which the env's next `reset` discards.
+    With a `PipelinedVectorEnv` (`env.pipeline` / `env.workers`) the envs step in groups in worker processes: each
+    group's next chunk is chosen as soon as its step returns, while the workers step the other group, and torch
+    keeps one thread fewer per worker meanwhile (at least one) so that the workers have their cores. A plain vector
+    env is one group, chosen for and stepped in turn. The last step sends nothing further; a consumer that stops
+    early leaves at most one step per group pending, which the env's next `reset` discards.
 
     Args:
         env: the vector env.
@@ -184,8 +184,8 @@ def step_env_groups(
         return extra
 
     threads = torch.get_num_threads()
-    if pipelined and threads > 1:
-        torch.set_num_threads(threads - 1)
+    if pipelined and threads > 1:  # leave the env workers their cores
+        torch.set_num_threads(max(1, threads - env.n_workers))
     try:
         sent = [choose_and_send(i, {k: v[g] for k, v in obs.items()}) for i, g in enumerate(groups)]
         for t in range(n_steps):

@@ -1,6 +1,7 @@
 """Environment throughput: env steps/s of the raw env, the raw vector env and the fully wrapped vector env.
 
     python script/bench/envs.py [--quick] [--suites gym avoid kitchen robomimic robomimic_img] [--seconds 1.5]
+    python script/bench/envs.py --rollout lift   # robomimic rollout vs the raw robosuite env on all cores
 
 For each available suite (one representative task) it measures
   * raw env: one gymnasium env from the suite (time limit included), random actions, manual resets;
@@ -9,7 +10,8 @@ For each available suite (one representative task) it measures
     affine maps run) and `multi_step` (To = 1, Te = the task's DPPO act_steps), one chunk per call;
 and prints env steps/s and the wrapper overhead (time per env step, wrapped vs raw vector env; negative = the
 wrapped env is faster, since a chunk crosses the vector-env/process boundary once per Te env steps).
-No network and no datasets needed. Suites whose extra is missing are skipped.
+No network and no datasets needed. Suites whose extra is missing are skipped. `--rollout lift|can` instead runs
+script/bench/rollout.py (robomimic fine-tuning rollouts against N raw robosuite envs in N processes, N = cores).
 """
 
 from __future__ import annotations
@@ -210,7 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer n_envs and shorter timings")
     parser.add_argument("--seconds", type=float, default=None, help="timing window per measurement")
     parser.add_argument("--no-async", action="store_true", help="skip AsyncVectorEnv measurements")
+    parser.add_argument(
+        "--rollout", choices=["lift", "can"], help="robomimic rollout / raw env on all cores (script/bench/rollout.py)"
+    )
     args = parser.parse_args(argv)
+    if args.rollout:
+        from script.bench.rollout import main as rollout_main
+
+        return rollout_main(["--task", args.rollout])
     logging.basicConfig(level=logging.WARNING)
     seconds = args.seconds or (0.6 if args.quick else 1.0)
     rows = []

@@ -1,4 +1,5 @@
-"""`PipelinedVectorEnv` (env/pipeline.py): the same results as the plain vector env, group stepping, and errors."""
+"""`PipelinedVectorEnv` (env/pipeline.py): the same results as the plain vector env (one or several workers), group
+stepping, and errors."""
 
 from __future__ import annotations
 
@@ -45,6 +46,86 @@ def assert_same(a, b) -> None:
         assert np.asarray(a).dtype == np.asarray(b).dtype
 
 
+def assert_same_episodes(plain, piped, n_envs: int, da: int, groups: list[slice]) -> None:
+    """Same seed, same actions: identical observations, rewards, flags and infos, through episode ends; the group
+    interface and `step` alike."""
+    for key in ("single_observation_space", "single_action_space", "action_space", "observation_space"):
+        assert getattr(piped, key) == getattr(plain, key), key
+    for key in ("n_envs", "n_obs_steps", "obs_dim", "n_action_steps", "action_dim", "image_shape"):
+        assert getattr(piped, key) == getattr(plain, key), key
+    assert_same(piped.reset()[0], plain.reset()[0])
+    rng = np.random.default_rng(0)
+    ended = 0
+    for t in range(12):
+        actions = rng.uniform(-1, 1, (n_envs, 4, da)).astype(np.float32)
+        if t % 2:  # the group interface, as a rollout uses it
+            for i, g in enumerate(groups):
+                piped.step_async(i, actions[g])
+            result = merge_step_results([piped.step_wait(i) for i in range(len(groups))])
+        else:
+            result = piped.step(actions)
+        expected = plain.step(actions)
+        for got, want in zip(result, expected):
+            assert_same(got, want)
+        ended += int((expected[2] | expected[3]).sum())
+    assert ended > 0  # episode ends (final_obs, episode stats, autoreset) were compared too
+    assert_same(piped.reset(seed=11)[0], plain.reset(seed=11)[0])
+    assert_same(piped.reset(seed=list(range(20, 20 + n_envs)))[0], plain.reset(seed=list(range(20, 20 + n_envs)))[0])
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "workers", "groups", "parts"),
+    [
+        (False, 2, [slice(0, 5)], [[slice(0, 3), slice(3, 5)]]),
+        (True, 2, [slice(0, 3), slice(3, 5)], [[slice(0, 2), slice(2, 3)], [slice(3, 4), slice(4, 5)]]),
+        (False, 9, [slice(0, 5)], [[slice(i, i + 1) for i in range(5)]]),  # lowered to one worker per sub-env
+    ],
+)
+@GYM
+def test_several_workers_give_the_plain_env_results(pipeline: bool, workers: int, groups: list, parts: list):
+    """Each worker steps a contiguous part of every group, seeded as the plain env's sub-envs (hopper: the reset
+    state depends on the seed)."""
+    name, wrapper = "hopper-v2", "mujoco_locomotion_lowdim"
+    plain = make_vec_env(cfg(name, wrapper, 5, max_episode_steps=24), seed=5)
+    piped = make_vec_env(cfg(name, wrapper, 5, max_episode_steps=24, pipeline=pipeline, workers=workers), seed=5)
+    try:
+        assert isinstance(piped, PipelinedVectorEnv) and piped.groups == groups and piped.parts == parts
+        assert piped.n_workers == len(parts[0]) and len({p.pid for p in piped._processes}) == piped.n_workers
+        assert_same_episodes(plain, piped, 5, 3, groups)
+    finally:
+        plain.close()
+        piped.close()
+
+
+def test_workers_auto_is_one_per_available_core(monkeypatch):
+    from env.factory import available_cores, resolve_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert available_cores() == 3
+    assert resolve_workers("auto", False) == 3 and resolve_workers("auto", True) == 3
+    assert resolve_workers(None, True) == 1 and resolve_workers(None, False) is None and resolve_workers(2, False) == 2
+    env = make_vec_env(cfg("avoid_m1", "d3il_lowdim", 8, workers="auto"), seed=0)
+    try:
+        assert env.n_workers == 3 and env.groups == [slice(0, 8)]
+        assert env.parts == [[slice(0, 3), slice(3, 6), slice(6, 8)]]
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"workers": 0}, "env.workers must be a positive integer, auto or null, got 0"),
+        ({"workers": "all"}, "env.workers must be a positive integer, auto or null, got 'all'"),
+        ({"workers": True}, "env.workers must be a positive integer, auto or null, got True"),
+        ({"workers": 2, "asynchronous": True}, "env.workers and env.asynchronous exclude each other"),
+    ],
+)
+def test_bad_workers_values_are_one_line_errors(extra: dict, message: str):
+    with pytest.raises(EnvConfigError, match=message):
+        make_vec_env(cfg("avoid_m1", "d3il_lowdim", 2, **extra), seed=0)
+
+
 @pytest.mark.parametrize(
     ("name", "wrapper", "da"),
     [pytest.param("hopper-v2", "mujoco_locomotion_lowdim", 3, marks=GYM), ("avoid_m1", "d3il_lowdim", 2)],
@@ -55,27 +136,8 @@ def test_pipelined_env_gives_the_plain_env_results(name: str, wrapper: str, da: 
     piped = make_vec_env(cfg(name, wrapper, 3, max_episode_steps=24, pipeline=True), seed=5)
     try:
         assert isinstance(piped, PipelinedVectorEnv) and piped.groups == [slice(0, 2), slice(2, 3)]
-        for key in ("single_observation_space", "single_action_space", "action_space", "observation_space"):
-            assert getattr(piped, key) == getattr(plain, key), key
-        for key in ("n_envs", "n_obs_steps", "obs_dim", "n_action_steps", "action_dim", "image_shape"):
-            assert getattr(piped, key) == getattr(plain, key), key
-        assert_same(piped.reset()[0], plain.reset()[0])
-        rng = np.random.default_rng(0)
-        ended = 0
-        for t in range(12):
-            actions = rng.uniform(-1, 1, (3, 4, da)).astype(np.float32)
-            if t % 2:  # the group interface, as a rollout uses it
-                piped.step_async(0, actions[:2])
-                piped.step_async(1, actions[2:])
-                result = merge_step_results([piped.step_wait(0), piped.step_wait(1)])
-            else:
-                result = piped.step(actions)
-            expected = plain.step(actions)
-            for got, want in zip(result, expected):
-                assert_same(got, want)
-            ended += int((expected[2] | expected[3]).sum())
-        assert ended > 0  # episode ends (final_obs, episode stats, autoreset) were compared too
-        assert_same(piped.reset(seed=11)[0], plain.reset(seed=11)[0])
+        assert piped.n_workers == 1
+        assert_same_episodes(plain, piped, 3, da, piped.groups)
     finally:
         plain.close()
         piped.close()
@@ -101,8 +163,8 @@ def test_bad_actions_and_wrong_group_order_are_clear_errors():
 def test_dead_worker_is_reported_with_its_exit():
     env = make_vec_env(cfg("avoid_m1", "d3il_lowdim", 2, pipeline=True, step_timeout=20), seed=0)
     env.reset()
-    os.kill(env._process.pid, signal.SIGKILL)
-    env._process.join(10)
+    os.kill(env._processes[0].pid, signal.SIGKILL)
+    env._processes[0].join(10)
     with pytest.raises(EnvWorkerError, match="avoid_m1: step failed: the env worker .* killed by signal SIGKILL"):
         env.step(np.zeros((2, 4, 2)))
     env.close()
@@ -175,7 +237,7 @@ def test_worker_exits_when_its_parent_is_killed():
     code = (
         "from env import make_vec_env; import time; "
         "env = make_vec_env({'name': 'avoid_m1', 'n_envs': 2, 'pipeline': True}, seed=0); env.reset(); "
-        "print(env._process.pid, flush=True); time.sleep(60)"
+        "print(env._processes[0].pid, flush=True); time.sleep(60)"
     )
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
