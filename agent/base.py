@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from agent.config import validate_common
-from agent.errors import ConfigError, DataError
+from agent.config import resolve_config, validate_common
+from agent.errors import DataError
 from agent.integrity import verify_checksum
 from agent.logger import Logger, setup_logging
 from agent.utils import resolve_device, set_seed
@@ -27,11 +26,7 @@ class BaseAgent(ABC):
     """
 
     def __init__(self, cfg: DictConfig) -> None:
-        try:
-            OmegaConf.resolve(cfg)
-        except (OmegaConfBaseException, ValueError, ArithmeticError) as exc:  # bad `${eval:...}`, unknown `${key}`
-            msg = str(exc).strip().splitlines()[0]
-            raise ConfigError(f"the config does not resolve: {msg}; check that interpolation") from exc
+        resolve_config(cfg)
         validate_common(cfg)
         self.validate(cfg)
         self.cfg = cfg

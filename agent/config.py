@@ -12,12 +12,14 @@ import difflib
 import inspect
 import math
 import operator
+import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from agent.errors import ConfigError
 
@@ -53,11 +55,48 @@ _FUNCS: dict[str, Callable[..., Any]] = {
 }
 
 
-def safe_eval(expr: str) -> Any:
+# Bounds that keep `${eval:...}` from running until killed: integers of at most this many bits (about 1200 digits;
+# `9**9**9` has 370 million) and strings or lists of at most this many items (`"a" * 10**10`).
+MAX_EVAL_INT_BITS = 4096
+MAX_EVAL_SEQUENCE = 100_000
+
+
+class EvalError(ConfigError, ValueError):
+    """An `${eval:'...'}` expression that cannot be evaluated; the message names the key and the expression."""
+
+
+def _bounded_binop(op: type, left: Any, right: Any) -> Any:
+    """`left <op> right`, refusing (ValueError) results beyond `MAX_EVAL_INT_BITS` / `MAX_EVAL_SEQUENCE` before
+    computing them."""
+    ints = all(isinstance(v, int) for v in (left, right))
+    if op is ast.Pow and ints and right > 0 and abs(left) > 1:
+        bits = right * (abs(left).bit_length() - 1)  # a lower bound of the result's bit length
+        if bits > MAX_EVAL_INT_BITS:
+            raise ValueError(f"the power has at least {bits} bits (more than {MAX_EVAL_INT_BITS})")
+    if op is ast.Mult:
+        seq, count = (left, right) if isinstance(left, (str, list)) else (right, left)
+        if isinstance(seq, (str, list)) and isinstance(count, int):
+            if len(seq) * count > MAX_EVAL_SEQUENCE:
+                raise ValueError(f"the repeated sequence has {len(seq) * count} items (more than {MAX_EVAL_SEQUENCE})")
+        elif ints and left.bit_length() + right.bit_length() > MAX_EVAL_INT_BITS + 1:
+            raise ValueError(f"the product has more than {MAX_EVAL_INT_BITS} bits")
+    return _BINOPS[op](left, right)
+
+
+def safe_eval(expr: str, _node_: Any = None) -> Any:
     """Evaluate the arithmetic in `${eval:'...'}` without executing arbitrary Python (DPPO used `eval`).
 
     Supports numbers, strings, + - * / // % **, comparisons, `a if c else b`, lists, and min/max/int/float/round/
-    abs/ceil/floor.
+    abs/ceil/floor. Integers are bounded to `MAX_EVAL_INT_BITS` bits and repeated strings and lists to
+    `MAX_EVAL_SEQUENCE` items, checked before the result is computed.
+
+    Args:
+        expr: the expression.
+        _node_: the config node being resolved (passed by OmegaConf), to name its key in errors.
+
+    Raises:
+        EvalError: one line naming the key, the expression and the problem (unsupported syntax, a bound, a math
+            error such as a division by zero).
     """
 
     def ev(node: ast.AST) -> Any:
@@ -66,7 +105,7 @@ def safe_eval(expr: str) -> Any:
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool, type(None))):
             return node.value
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+            return _bounded_binop(type(node.op), ev(node.left), ev(node.right))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Not)):
             v = ev(node.operand)
             return -v if isinstance(node.op, ast.USub) else (+v if isinstance(node.op, ast.UAdd) else not v)
@@ -84,9 +123,16 @@ def safe_eval(expr: str) -> Any:
             return [ev(e) for e in node.elts]
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
             return _FUNCS[node.func.id](*[ev(a) for a in node.args])
-        raise ValueError(f"unsupported expression in ${{eval:'{expr}'}}: {ast.dump(node)[:60]}")
+        raise ValueError(f"unsupported syntax {type(node).__name__} (only arithmetic, comparisons and {names})")
 
-    return ev(ast.parse(str(expr), mode="eval"))
+    names = "/".join(_FUNCS)
+    try:
+        return ev(ast.parse(str(expr), mode="eval"))
+    except (ValueError, TypeError, ArithmeticError, SyntaxError, RecursionError) as exc:
+        key = _node_._get_full_key(None) if _node_ is not None else None
+        where = f"{key}=" if key else ""
+        problem = exc.msg if isinstance(exc, SyntaxError) else (str(exc) or type(exc).__name__)
+        raise EvalError(f"{where}${{eval:'{expr}'}} cannot be evaluated: {problem}") from exc
 
 
 def register_resolvers() -> None:
@@ -193,6 +239,34 @@ def _check_keys(node: Any, cls: type, where: str, extra: set[str]) -> None:
             _check_keys(child, child_cls, f"{where}.{key}", extra=set())
 
 
+def resolve_config(cfg: DictConfig) -> None:
+    """Resolve every interpolation of `cfg` in place; a failure is one `ConfigError` line (an `${eval:...}` one names
+    its key and expression, see `safe_eval`)."""
+    try:
+        OmegaConf.resolve(cfg)
+    except (OmegaConfBaseException, ValueError, ArithmeticError) as exc:  # bad `${eval:...}`, unknown `${key}`
+        msg = str(exc).strip().splitlines()[0]
+        prefix = f"{EvalError.__name__} raised while resolving interpolation: "
+        if msg.startswith(prefix):
+            raise ConfigError(msg[len(prefix) :]) from exc
+        raise ConfigError(f"the config does not resolve: {msg}; check that interpolation") from exc
+
+
+# Vector envs a run may ask for: a sane ceiling, and a rough floor of memory per env (a low-dim MuJoCo env with its
+# wrappers and buffers), so that a typo such as env.n_envs=100000000 stops at once instead of filling the memory.
+MAX_ENVS = 4096
+ENV_MEMORY_BYTES = 8 << 20
+
+
+def max_envs() -> int:
+    """`MAX_ENVS`, or fewer when this machine's physical memory holds fewer envs of `ENV_MEMORY_BYTES`."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not available on this platform
+        return MAX_ENVS
+    return max(1, min(MAX_ENVS, memory // ENV_MEMORY_BYTES))
+
+
 def require(cond: bool, message: str) -> None:
     """Raise `ConfigError(message)` unless `cond`."""
     if not cond:
@@ -228,13 +302,42 @@ def validate_common(cfg: DictConfig) -> None:
             )
     seed = get("seed")
     require(isinstance(seed, int) and seed >= 0, f"seed must be a non-negative integer, got {seed!r}")
-    for key in ("train.batch_size", "train.n_epochs", "train.n_train_itr", "train.n_steps", "env.n_envs"):
+    # the settings before what is derived from them (train.batch_size is n_steps * n_envs / k in some configs)
+    for key in ("train.n_epochs", "train.n_train_itr", "train.n_steps", "env.n_envs", "train.batch_size"):
         v = get(key)
         require(v is None or (isinstance(v, int) and v >= 1), f"{key} must be an integer >= 1, got {v!r}")
+    n_envs, limit = get("env.n_envs"), max_envs()
+    require(
+        n_envs is None or n_envs <= limit,
+        f"env.n_envs={n_envs} is more envs than a run can hold (at most {limit}: {MAX_ENVS} or this machine's "
+        f"memory at {ENV_MEMORY_BYTES >> 20} MiB per env); use fewer, e.g. env.n_envs=40",
+    )
+    model = get("model")
+    if isinstance(model, DictConfig):
+        _check_dims(model, "model")
+
+
+def _check_dims(node: DictConfig, where: str) -> None:
+    """Every `*_dims` key under `node` (layer widths such as `model.network.mlp_dims`) is null or a list of positive
+    integers."""
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig):
+            _check_dims(value, f"{where}.{key}")
+        elif str(key).endswith("_dims") and value is not None:
+            ok = isinstance(value, ListConfig) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+            )
+            shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+            require(ok, f"{where}.{key} must be a list of positive integers such as [256, 256], got {shown!r}")
 
 
 def check_overrides(config_dir: str | Path, config_name: str, overrides: list[str]) -> None:
-    """Compose once before Hydra does, turning a wrong override into one `ConfigError` line with a suggestion.
+    """Compose once before Hydra does, turning a wrong override into one `ConfigError` line with a suggestion; then
+    resolve the composed config and run `validate_common`, so that these errors come before Hydra creates the run
+    folder.
 
     Hydra's own message for `model.network.mlp_dim=3` spans several lines and does not say what was meant.
     """
@@ -242,8 +345,7 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: list[st
 
     plain = [o for o in overrides if not o.startswith("hydra")]
     try:
-        compose(config_dir, config_name, plain)
-        return
+        cfg = compose(config_dir, config_name, plain)
     except MissingConfigException as exc:
         folder = Path(config_dir)
         if not (folder / f"{config_name}.yaml").is_file():
@@ -275,6 +377,8 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: list[st
                     ) from exc
             raise ConfigError(f"{key} is not a key of this config; {_suggest(base, key)}") from exc
         raise ConfigError(f"cannot compose the config: {_first_line(cause)}") from exc
+    resolve_config(cfg)
+    validate_common(cfg)
 
 
 def config_group_options(config_dir: str | Path, key: str) -> list[str] | None:

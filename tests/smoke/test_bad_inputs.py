@@ -25,6 +25,8 @@ from tests.smoke.test_cli import run_cli
 PRETRAIN = ["--config-name=pre_diffusion_mlp", "--config-dir=cfg/gym/pretrain/hopper-medium-v2"]
 FINETUNE = ["--config-name=ft_ppo_diffusion_mlp", "--config-dir=cfg/gym/finetune/hopper-v2"]
 EVAL = ["--config-name=eval_diffusion_mlp", "--config-dir=cfg/gym/eval/hopper-v2"]
+# batch_size is derived from n_steps and n_envs here (n_steps * n_envs // 4)
+FINETUNE_GAUSSIAN = ["--config-name=ft_ppo_gaussian_mlp", "--config-dir=cfg/gym/finetune/hopper-v2"]
 SMALL = ["device=cpu", "wandb=null", "train.batch_size=32", "model.network.mlp_dims=[64,64,64]"]
 MARKER = "MARKER"
 
@@ -104,6 +106,48 @@ CASES = [
         [*EVAL, "device=cpu", "wandb=null", "base_policy_path={tmp}/evil.pt"],
         "add allow_pickle=true",
         ("evil",),
+    ),
+    Case(
+        "eval-power-tower",
+        [*PRETRAIN, *SMALL, "train.n_epochs=${eval:'9**9**9'}"],
+        "train.n_epochs=${eval:'9**9**9'} cannot be evaluated: the power has at least",
+        no_run_folder=True,
+    ),
+    Case(
+        "eval-huge-string",
+        [*PRETRAIN, *SMALL, "train.n_epochs=1", "train.batch_size=${eval:'\"a\"*10**10'}"],
+        "train.batch_size=${eval:'\"a\"*10**10'} cannot be evaluated: the repeated sequence has 10000000000 items",
+        no_run_folder=True,
+    ),
+    Case(
+        "eval-syntax-error",
+        [*PRETRAIN, *SMALL, "train.n_epochs=${eval:'1+'}"],
+        "train.n_epochs=${eval:'1+'} cannot be evaluated: invalid syntax",
+        no_run_folder=True,
+    ),
+    Case(
+        "too-many-envs",
+        [*FINETUNE, "device=cpu", "wandb=null", "env.n_envs=100000000"],
+        "env.n_envs=100000000 is more envs than a run can hold",
+        no_run_folder=True,
+    ),
+    Case(
+        "zero-steps-named-not-the-derived-batch-size",
+        [*FINETUNE_GAUSSIAN, "device=cpu", "wandb=null", "train.n_steps=0"],
+        "train.n_steps must be an integer >= 1, got 0",
+        no_run_folder=True,
+    ),
+    Case(
+        "zero-envs-named-not-the-derived-batch-size",
+        [*FINETUNE_GAUSSIAN, "device=cpu", "wandb=null", "env.n_envs=0"],
+        "env.n_envs must be an integer >= 1, got 0",
+        no_run_folder=True,
+    ),
+    Case(
+        "layer-widths-not-a-list",
+        [*PRETRAIN, "device=cpu", "wandb=null", "train.n_epochs=1", "model.network.mlp_dims=abc"],
+        "model.network.mlp_dims must be a list of positive integers such as [256, 256], got 'abc'",
+        no_run_folder=True,
     ),
     Case(
         "convert-d4rl-malicious-pickle",
