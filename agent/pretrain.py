@@ -140,7 +140,7 @@ class PretrainAgent(BaseAgent):
         self.ema.model.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.generator.set_state(ckpt["generator"])
+        self.generator.set_state(ckpt["generator"].cpu())  # a CPU generator; the tensors may be on the GPU
         set_rng_state(ckpt["rng"])
         self.epoch, self.n_batches = int(ckpt["epoch"]), int(ckpt["n_batches"])
         log.info("resumed from %s at epoch %d", path, self.epoch)
