@@ -71,8 +71,21 @@ WEIGHT_ENTRIES = ("model", "ema", "algorithm")
 # What `weights_only` loading allows beyond its defaults, for checkpoints written with numpy arrays inside: numpy's
 # array reconstruction and numeric dtypes (an array's items are still read by the restricted unpickler).
 _NUMPY_DTYPES = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]
+
+
+def _numpy_reconstruct() -> Any:
+    """numpy's array-unpickling function (numpy 2 moved it to `numpy._core`, keeping `numpy.core` as a deprecated
+    alias)."""
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        with contextlib.suppress(ImportError, AttributeError):
+            return importlib.import_module(module)._reconstruct
+    raise ImportError("numpy's multiarray._reconstruct not found")
+
+
+# pickles name it under the module of the numpy that wrote them
+_MULTIARRAY_NAMES = ("numpy.core.multiarray", "numpy._core.multiarray")
 _NUMPY_GLOBALS = [
-    (importlib.import_module("numpy.core.multiarray")._reconstruct, "numpy.core.multiarray._reconstruct"),
+    *((_numpy_reconstruct(), f"{module}._reconstruct") for module in _MULTIARRAY_NAMES),
     np.ndarray,
     np.dtype,
     *_NUMPY_DTYPES,
