@@ -116,7 +116,7 @@ TASKS: dict[str, Task] = {
         "lift",
         [f"{GEN}/generate_robomimic.py", "--task", "lift", "--num-episodes", "20"],
         "success_rate",
-        ["env.n_envs=25", "n_episodes=100"],
+        ["env.n_envs=25", "n_episodes=50"],
     ),
     "avoid_m2": Task(
         "d3il",
