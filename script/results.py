@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -341,6 +342,8 @@ class Pipeline:
     def run(self) -> int:
         from tqdm import tqdm
 
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started as a background job
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         todo = {s.key: s for s in self.needed()}
         total = len(self.stages)
         if not todo:
@@ -380,11 +383,14 @@ class Pipeline:
                 if label != bar.postfix:
                     bar.set_postfix_str(label)
                 time.sleep(0.5)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: each run stops as on Ctrl-C (its checkpoint completed)
             for proc, _, _ in running.values():
-                proc.terminate()
+                proc.send_signal(signal.SIGINT)
             for proc, _, _ in running.values():
-                proc.wait()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
             bar.close()
             print("interrupted: run the same command again to continue where it stopped", file=sys.stderr)
             return 130
@@ -409,7 +415,16 @@ class Pipeline:
         fh = open(log_path, "a")  # noqa: SIM115 (closed when the process ends)
         fh.write(f"\n$ {shlex.join(cmd)}\n")
         fh.flush()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        # SIGINT at its default in the child (a shell's background job starts with it ignored), so that stopping
+        # the pipeline stops each run as Ctrl-C does
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         return proc, time.perf_counter(), fh
 
     def _write_summary(self, stage: Stage, wall_s: float) -> None:

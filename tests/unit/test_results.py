@@ -172,3 +172,48 @@ def test_pretrain_summary_sums_the_time_of_resumed_segments(tmp_path: Path):
     stage = results.Stage("t", "pretrain_diffusion", [], [], results.summarize_pretrain, rundir=rundir)
     summary = results.summarize_pretrain(stage)
     assert summary["epochs"] == 5 and summary["final_loss"] == 0.1 and summary["wall_s"] == 40.0
+
+
+STOPPABLE = """
+import argparse, sys
+from pathlib import Path
+from script import results
+
+out = Path(sys.argv[1])
+pipe = results.Pipeline(argparse.Namespace(tasks=[], seeds=1, budget_min=1.0, baselines=False, jobs=1, out=out,
+                                           device="cpu"))
+child = "import sys, time, pathlib\\nmarker = pathlib.Path(sys.argv[1])\\ntry:\\n" \\
+        "    marker.write_text('ready')\\n    time.sleep(60)\\nexcept KeyboardInterrupt:\\n" \\
+        "    marker.write_text('stopped')\\n    sys.exit(130)"
+pipe.stages["t/slow"] = results.Stage("t", "slow", [sys.executable, "-c", child, str(out / "marker")], [],
+                                      lambda s: {})
+sys.exit(pipe.run())
+"""
+
+
+def test_sigterm_stops_every_running_stage_as_ctrl_c_does(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    # started with SIGINT ignored, as a shell's background job is: the stage must still get a Ctrl-C
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPABLE, str(tmp_path)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    marker = tmp_path / "marker"
+    deadline = time.time() + 60
+    while not (marker.is_file() and marker.read_text() == "ready") and time.time() < deadline:
+        time.sleep(0.1)  # until the stage is inside its sleep
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert marker.read_text() == "stopped"
+    assert "run the same command again" in err
+    assert not (tmp_path / "runs/t/slow.json").exists()
