@@ -657,6 +657,8 @@ def report(out: Path, methods: list[Method], total_s: float | None) -> Path:
         lines += ["", "Data and pretraining:", "", *data_lines]
     if total_s is not None:
         lines += ["", f"Last call of `script/results.py`: {total_s / 60:.1f} min of wall time."]
+    if (out / "NOTES.md").is_file():
+        lines += ["", "How these runs were made (budgets, machine load): [NOTES.md](NOTES.md)."]
     path = out / "RESULTS.md"
     path.write_text("\n".join(lines) + "\n")
     return path
