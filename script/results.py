@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from agent.checkpoint import latest_checkpoint  # noqa: E402
+from agent.config import CFG_ROOT  # noqa: E402
 from agent.logger import read_metrics  # noqa: E402
 
 RUN = "script/run.py"
@@ -222,7 +223,7 @@ class Pipeline:
                     name, task, family_name, f"eval_pre_{family_name}_s{seed}", f"{name}/pretrain_{family_name}", seed
                 )
         for method in methods:
-            config = cfg_root() / task.suite / "finetune" / task.ft_env / f"{method.finetune}.yaml"
+            config = CFG_ROOT / task.suite / "finetune" / task.ft_env / f"{method.finetune}.yaml"
             if not config.is_file():
                 continue  # e.g. no baseline configs for the Avoid task (DPPO has none either)
             for seed in range(self.args.seeds):
@@ -440,10 +441,6 @@ class Pipeline:
 
 def reference_method(methods: list[Method]) -> Method:
     return next(m for m in methods if m.reference)
-
-
-def cfg_root() -> Path:
-    return REPO / "cfg"
 
 
 def sorted_segments(rundir: Path) -> list[Path]:
