@@ -68,8 +68,32 @@ def fresh_run_dir(logdir: Path) -> Path:
     return candidate
 
 
-def load_normalization(path: str | None) -> dict[str, np.ndarray] | None:
-    """Read `normalization.npz` (obs_min, obs_max, action_min, action_max), or None when no path is set."""
+def check_normalization(stats: dict[str, np.ndarray] | None, cfg: DictConfig, source: str) -> None:
+    """Raise one `DataError` line when normalization statistics do not fit the config's `obs_dim` / `action_dim`.
+
+    Args:
+        stats: obs_min, obs_max (Do,) and action_min, action_max (Da,) arrays, or None (nothing to check).
+        cfg: the experiment config; a missing `obs_dim` or `action_dim` is not checked.
+        source: where the statistics come from (a file, "the checkpoint <path>"), named in the error.
+    """
+    if not stats:
+        return
+    for prefix, key in (("obs", "obs_dim"), ("action", "action_dim")):
+        want = OmegaConf.select(cfg, key, default=None)
+        for name in (f"{prefix}_min", f"{prefix}_max"):
+            if name not in stats:
+                continue
+            got = np.shape(stats[name])
+            if want is not None and got[-1:] != (int(want),):
+                raise DataError(
+                    f"{source}: {name} has shape {got}, but {key}={want}; use the normalization.npz written with "
+                    f"this task's dataset, or set {key} to match the data"
+                )
+
+
+def load_normalization(path: str | None, cfg: DictConfig | None = None) -> dict[str, np.ndarray] | None:
+    """Read `normalization.npz` (obs_min, obs_max, action_min, action_max), or None when no path is set; with
+    `cfg`, check its shapes against `obs_dim` and `action_dim` (`check_normalization`)."""
     if not path:
         return None
     p = Path(path)
@@ -85,4 +109,6 @@ def load_normalization(path: str | None) -> dict[str, np.ndarray] | None:
     missing = {"obs_min", "obs_max", "action_min", "action_max"} - set(stats)
     if missing:
         raise DataError(f"{p} lacks {sorted(missing)}; expected obs_min, obs_max, action_min, action_max")
+    if cfg is not None:
+        check_normalization(stats, cfg, str(p))
     return stats

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import pickle
 import re
 import signal
 import tempfile
 import threading
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from agent.errors import DataError
 from agent.integrity import verify_checksum
 
+log = logging.getLogger(__name__)
+
 _STATE_RE = re.compile(r"^state_(\d+)\.pt$")
 
 
@@ -43,25 +47,53 @@ def checkpoint_path(logdir: str | os.PathLike, index: int) -> Path:
     return Path(logdir) / "checkpoint" / f"state_{index}.pt"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, once `stop_on_sigterm` is installed: stops a run the way Ctrl-C does (exit code 143)."""
+
+
+_SIGTERM_PID: list[int] = []  # the process that installed the handler (forked workers inherit it)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    if os.getpid() not in _SIGTERM_PID:  # a forked worker: die of SIGTERM as it would without the handler
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, a job scheduler's stop) raise `Terminated` in the main thread, like Ctrl-C."""
+    if threading.current_thread() is threading.main_thread():
+        _SIGTERM_PID[:] = [os.getpid()]
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 @contextlib.contextmanager
 def ctrl_c_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise KeyboardInterrupt when the block ends.
+    """Hold a Ctrl-C (SIGINT) or SIGTERM that arrives inside the block and raise it (KeyboardInterrupt or
+    `Terminated`) when the block ends.
 
     A Ctrl-C in the middle of `torch.save` comes out as a RuntimeError from its zip writer (not a
     KeyboardInterrupt), so the run would end with a traceback instead of its "interrupted; continue from" line;
-    deferred, the checkpoint being written is completed first. Only where Python's own handler is installed
-    (main thread, SIGINT not ignored or taken over).
+    deferred, the checkpoint being written is completed first. Only for the signals whose handler raises (main
+    thread; SIGINT not ignored or taken over; SIGTERM after `stop_on_sigterm`).
     """
-    main = threading.current_thread() is threading.main_thread()
-    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    ours = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _raise_terminated}
+    active = {sig: h for sig, h in ours.items() if signal.getsignal(sig) is h}
+    if threading.current_thread() is not threading.main_thread() or not active:
         yield
         return
     pending: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    for sig in active:
+        signal.signal(sig, lambda signum, frame: pending.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig, handler in active.items():
+            signal.signal(sig, handler)
+    if signal.SIGTERM in pending:
+        raise Terminated
     if pending:
         raise KeyboardInterrupt
 
@@ -266,6 +298,38 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
+def is_complete_file(path: Path) -> bool:
+    """Whether a checkpoint file is whole: `torch.save` writes a zip archive, whose directory is at its end, so a
+    truncated file (a full disk, an interrupted copy) fails to open as one."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def newest_readable_checkpoint(run_dir: Path) -> Path:
+    """The newest `state_<N>.pt` of a run folder that is a complete file; a damaged newer one is skipped with a
+    warning naming both.
+
+    Raises:
+        DataError: no checkpoint of the run is complete.
+    """
+    found = list_checkpoints(run_dir)
+    damaged = []
+    for _, path in reversed(found):
+        if is_complete_file(path):
+            if damaged:
+                log.warning(
+                    "%s is truncated or damaged; resuming from the previous complete checkpoint %s",
+                    ", ".join(str(p) for p in damaged),
+                    path,
+                )
+            return path
+        damaged.append(path)
+    raise DataError(f"every checkpoint under {run_dir} is truncated or damaged; start a new run (resume=false)")
+
+
 def find_resume_checkpoint(resume: Any, logdir: str | os.PathLike) -> Path | None:
     """Resolve the `resume` config value into a checkpoint path.
 
@@ -285,12 +349,10 @@ def find_resume_checkpoint(resume: Any, logdir: str | os.PathLike) -> Path | Non
         if not runs:
             raise DataError(f"resume=true but no earlier run with checkpoints exists under {parent}")
         newest = max(runs, key=lambda d: latest_checkpoint(d).stat().st_mtime)  # type: ignore[union-attr]
-        return latest_checkpoint(newest)
+        return newest_readable_checkpoint(newest)
     path = Path(str(resume))
     if path.is_file():
         return path
-    if path.is_dir():
-        latest = latest_checkpoint(path)
-        if latest is not None:
-            return latest
+    if path.is_dir() and latest_checkpoint(path) is not None:
+        return newest_readable_checkpoint(path)
     raise DataError(f"resume={resume}: no checkpoint there (give a run folder or a checkpoint/state_<N>.pt file)")

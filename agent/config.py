@@ -13,6 +13,7 @@ import inspect
 import math
 import operator
 import os
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -344,6 +345,7 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: list[st
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
     plain = [o for o in overrides if not o.startswith("hydra")]
+    check_override_syntax(overrides)
     try:
         cfg = compose(config_dir, config_name, plain)
     except MissingConfigException as exc:
@@ -379,6 +381,46 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: list[st
         raise ConfigError(f"cannot compose the config: {_first_line(cause)}") from exc
     resolve_config(cfg)
     validate_common(cfg)
+    logdir = OmegaConf.select(cfg, "logdir", default=None)
+    if logdir:
+        check_log_folder(Path(str(logdir)))
+
+
+def check_log_folder(logdir: Path) -> None:
+    """Raise one `ConfigError` line when the run folder `logdir` cannot be created: a part of its path is a file,
+    too long a name, or a parent that is not writable (before Hydra tries and fails with a traceback)."""
+    hint = "set log_dir=<folder> or DPPO_LOG_DIR to a writable folder"
+    for part in logdir.parts:
+        if len(os.fsencode(part)) > 255:
+            raise ConfigError(f"the run folder {logdir} has a name longer than 255 bytes ({part[:40]}...); {hint}")
+    parent = logdir
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot create the run folder {logdir}: {parent} is a file, not a folder; {hint}")
+    try:  # the one reliable test (root passes os.access; /proc refuses anyway): make and remove a folder there
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=parent))
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run folder {logdir} in {parent} ({exc.strerror}); {hint}") from exc
+
+
+def check_override_syntax(overrides: list[str]) -> None:
+    """Parse each `key=value` override as Hydra will; a malformed one (`train.batch_size=[1,2`) is one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise ConfigError(
+                f"cannot parse the override {override!r} ({reason}); close brackets and quotes, and quote values "
+                "holding spaces or special characters, e.g. 'key=\"a b\"'"
+            ) from exc
 
 
 def config_group_options(config_dir: str | Path, key: str) -> list[str] | None:

@@ -141,6 +141,16 @@ class StitchedSequenceDataset:
                 f"{dataset_path}: actions have {data['actions'].shape[1]} dims but action_dim={action_dim}; "
                 "fix action_dim in the config or use the matching dataset"
             )
+        used = data["actions"][:n_steps]
+        lo, hi = (float(used.min()), float(used.max())) if used.size else (0.0, 0.0)
+        if lo < -1.0 - 1e-4 or hi > 1.0 + 1e-4:  # the policies' samples are clipped to [-1, 1]
+            log.warning(
+                "%s: actions range over [%.4g, %.4g], outside the normalised [-1, 1] the policies produce "
+                "(clipped when sampling); normalise them with the dataset scripts' normalization.npz",
+                dataset_path,
+                lo,
+                hi,
+            )
         self.states = torch.as_tensor(data["states"][:n_steps], dtype=torch.float32, device=self.device)
         self.actions = torch.as_tensor(data["actions"][:n_steps], dtype=torch.float32, device=self.device)
         self.images = torch.as_tensor(data["images"][:n_steps], device=self.device) if self.use_img else None

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from agent.base import BaseAgent, load_normalization
+from agent.base import BaseAgent, check_normalization, load_normalization
 from agent.checkpoint import allows_pickle, load_checkpoint
 from agent.config import require
 from agent.errors import ConfigError
@@ -96,15 +96,16 @@ class EvalAgent(BaseAgent):
         self.checkpoint_path = find_checkpoint(c.base_policy_path)
         assert self.checkpoint_path is not None  # validate() checked it
         ckpt = load_checkpoint(self.checkpoint_path, allow_pickle=allows_pickle(c))
+        norm = ckpt.get("normalization")
+        ckpt_norm = {k: np.asarray(v) for k, v in norm.items()} if norm else None
+        check_normalization(ckpt_norm, c, f"the normalization stored in {self.checkpoint_path}")
         self.policy = build_policy(c)
         self.checkpoint_kind = load_policy_weights(self.policy, ckpt, c, self.checkpoint_path, for_eval=True)
         self.policy.to(self.device).eval()
         self.actor = checkpoint_actor(ckpt, self.policy, self.device)
         log.info("evaluating the %s checkpoint %s", self.checkpoint_kind, self.checkpoint_path)
-        norm = ckpt.get("normalization")
-        ckpt_norm = {k: np.asarray(v) for k, v in norm.items()} if norm else None
         norm_path = OmegaConf.select(c, "normalization_path", default=None)
-        self.normalization = load_normalization(norm_path) if norm_path and Path(norm_path).is_file() else ckpt_norm
+        self.normalization = load_normalization(norm_path, c) if norm_path and Path(norm_path).is_file() else ckpt_norm
         self.env = make_env(c, self.logdir, ckpt_norm, self.seed)
 
     def run(self) -> dict[str, float]:

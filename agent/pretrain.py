@@ -30,6 +30,7 @@ from agent.checkpoint import (
 )
 from agent.config import instantiate, require
 from agent.dataset import StitchedSequenceDataset
+from agent.errors import ConfigError, DataError
 from agent.nonfinite import check_nan_policy, diverged, non_finite_parameters
 from agent.schedulers import CosineWarmupRestarts
 from agent.utils import rng_state, set_rng_state
@@ -96,9 +97,10 @@ class PretrainAgent(BaseAgent):
         self.scheduler = CosineWarmupRestarts(
             self.optimizer, sched.first_cycle_steps, sched.warmup_steps, sched.min_lr, max_lr=t.learning_rate
         )
-        self.normalization = load_normalization(OmegaConf.select(cfg, "normalization_path", default=None))
+        self.normalization = load_normalization(OmegaConf.select(cfg, "normalization_path", default=None), cfg)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.epoch = 0
+        self.resumed_from: str | None = None  # the checkpoint `load` read
         self.n_batches = 0
         # read once: a config lookup per batch costs about 1% of a small MLP's step
         self.update_ema_freq, self.epoch_start_ema = int(t.update_ema_freq), int(t.epoch_start_ema)
@@ -111,6 +113,13 @@ class PretrainAgent(BaseAgent):
             n_params,
             len(self.dataset),
         )
+        if t.batch_size > len(self.dataset):
+            log.warning(
+                "train.batch_size=%d is larger than the dataset's %d training windows: every epoch is one smaller "
+                "batch; lower train.batch_size",
+                t.batch_size,
+                len(self.dataset),
+            )
         resume = find_resume_checkpoint(OmegaConf.select(cfg, "resume", default=None), self.logdir)
         if resume is not None:
             self.load(resume)
@@ -136,6 +145,11 @@ class PretrainAgent(BaseAgent):
 
     def load(self, path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device, allow_pickle=allows_pickle(self.cfg))
+        if ckpt.get("kind") != "pretrain":
+            raise DataError(
+                f"resume={path} is a {ckpt.get('kind', 'foreign')} checkpoint, not a pretraining one; resume it with "
+                "its fine-tuning config, or give a pretraining run's folder or checkpoint"
+            )
         self.model.load_state_dict(ckpt["model"])
         self.ema.model.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -143,6 +157,7 @@ class PretrainAgent(BaseAgent):
         self.generator.set_state(ckpt["generator"].cpu())  # a CPU generator; the tensors may be on the GPU
         set_rng_state(ckpt["rng"])
         self.epoch, self.n_batches = int(ckpt["epoch"]), int(ckpt["n_batches"])
+        self.resumed_from = str(path)
         log.info("resumed from %s at epoch %d", path, self.epoch)
 
     @torch.no_grad()
@@ -212,6 +227,11 @@ class PretrainAgent(BaseAgent):
 
     def run(self) -> None:
         t = self.cfg.train
+        if self.resumed_from is not None and self.epoch >= t.n_epochs:
+            raise ConfigError(
+                f"resume={self.resumed_from}: that run already finished {self.epoch} epochs (train.n_epochs="
+                f"{t.n_epochs}); raise train.n_epochs to train it further"
+            )
         val_freq = int(OmegaConf.select(self.cfg, "train.val_freq", default=10))
         start = time.perf_counter()
         bar = tqdm(range(self.epoch + 1, t.n_epochs + 1), desc="pretrain", initial=self.epoch, total=t.n_epochs)

@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector.utils import batch_space
 
-from env.vector import ChunkedVectorEnv, EnvWorkerError, _describe_exit
+from env.vector import ChunkedVectorEnv, EnvWorkerError, _describe_exit, kill_workers
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def _worker(
         parts: per group, (index of the part's first sub-env among all E, the part's sub-env constructors).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it closes the worker)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's close(terminate=True) ends the worker
     # A forked worker holds a copy of the parent's end: close it, so that the parent's death ends `recv` (EOFError)
     # and the worker with it, instead of leaving it waiting forever.
     parent_conn.close()
@@ -215,10 +216,12 @@ class PipelinedVectorEnv:
         conn, process = self._conns[w], self._processes[w]
         try:
             if timeout is not None and not conn.poll(timeout):
-                raise self._failure(w, stage, f"did not answer within {timeout} s")
+                detail = _describe_exit(None, process.pid)
+                detail = detail if detail.startswith("is stopped") else f"did not answer within {timeout} s"
+                raise self._failure(w, stage, detail)
             return conn.recv()
         except (EOFError, BrokenPipeError, ConnectionError, OSError) as e:
-            raise self._failure(w, stage, _describe_exit(process.exitcode)) from e
+            raise self._failure(w, stage, _describe_exit(process.exitcode, process.pid)) from e
 
     def _receive_all(self, stage: str, timeout: float | None) -> list[Any]:
         """Every worker's next answer, in worker order; an error is raised once all workers have answered."""
@@ -320,10 +323,7 @@ class PipelinedVectorEnv:
             for process in self._processes:
                 if process.pid is not None:
                     process.join(10)
-        for process in self._processes:
-            if process.pid is not None and process.is_alive():
-                process.terminate()
-                process.join(5)
+        kill_workers(self._processes)
         for conn in self._conns:
             conn.close()
 

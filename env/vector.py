@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,8 +30,11 @@ class EnvWorkerError(RuntimeError):
     """An async sub-env worker died or did not answer in time."""
 
 
-def _describe_exit(code: int | None) -> str:
+def _describe_exit(code: int | None, pid: int | None = None) -> str:
+    """How a worker process ended (`code`: its exit code, None while it lives; `pid`: to tell a stopped one)."""
     if code is None:
+        if pid is not None and _is_stopped(pid):
+            return "is stopped (SIGSTOP or a debugger; `kill -CONT` resumes it)"
         return "still running"
     if code < 0:
         try:
@@ -38,6 +42,25 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def _is_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (state T/t in /proc; False where /proc does not exist)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
+
+
+def kill_workers(processes: list[multiprocessing.Process], wait: float = 5.0) -> None:
+    """SIGKILL every live worker and reap it: unlike SIGTERM, this also ends a stopped or stuck one at once."""
+    for process in processes:
+        if process.pid is not None and process.is_alive():
+            process.kill()
+    for process in processes:
+        if process.pid is not None:
+            process.join(wait)
 
 
 class ChunkedVectorEnv(VectorWrapper):
@@ -128,12 +151,18 @@ class ChunkedVectorEnv(VectorWrapper):
                 problems.append(f"sub-env {i} (pid {proc.pid}) {_describe_exit(proc.exitcode)}")
             elif pipe is None or pipe.closed:
                 problems.append(f"sub-env {i} (pid {proc.pid}) lost its pipe")
+            elif _is_stopped(proc.pid):
+                problems.append(f"sub-env {i} (pid {proc.pid}) {_describe_exit(None, proc.pid)}")
             elif isinstance(cause, multiprocessing.TimeoutError) and not pipe.poll(0):
                 problems.append(f"sub-env {i} (pid {proc.pid}) did not answer within {timeout} s")
         detail = "; ".join(problems) or f"{type(cause).__name__}: {cause}"
-        # The vector env cannot recover from a lost or stuck worker: stop all of them instead of leaking.
+        # The vector env cannot recover from a lost or stuck worker: stop all of them instead of leaking. SIGKILL
+        # first: gymnasium's close sends SIGTERM and then waits, forever for a stopped worker.
+        kill_workers(env.processes)
         try:
-            env.close(terminate=True)
+            with warnings.catch_warnings():  # "close while waiting for a pending call": we know
+                warnings.simplefilter("ignore")
+                env.close(terminate=True)
         except Exception:  # noqa: BLE001 - best effort cleanup while reporting the real error
             log.debug("closing the broken vector env failed", exc_info=True)
         return EnvWorkerError(f"{self.name}: {stage} failed: {detail}")

@@ -43,26 +43,52 @@ def run_config(cfg: DictConfig) -> None:
     agent = agent_cls(cfg)
     try:
         agent.run()
-    except KeyboardInterrupt:
-        from agent.checkpoint import latest_checkpoint
+    except KeyboardInterrupt as exc:
+        from agent.checkpoint import Terminated, latest_checkpoint
 
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
         last = latest_checkpoint(agent.logdir)
         if last is None:
-            print(f"interrupted before the first checkpoint of {agent.logdir}", file=sys.stderr)
+            print(f"{what} before the first checkpoint of {agent.logdir}", file=sys.stderr)
         else:
-            print(
-                f"interrupted; continue from {last} with the same command and resume={agent.logdir}",
-                file=sys.stderr,
-            )
-        sys.exit(130)
+            print(f"{what}; continue from {last} with the same command and resume={agent.logdir}", file=sys.stderr)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
+
+
+def discard_unused_run_folder(folder: Path, log_root: Path) -> None:
+    """Remove the run folder of a run that stopped before it produced anything (no checkpoint, no evaluation, no
+    logged metric), and the folders above it up to `log_root` that this leaves empty."""
+    import shutil
+
+    if not folder.is_dir() or (folder / "checkpoint").exists() or (folder / "eval_result.json").exists():
+        return
+    metrics = folder / "metrics.jsonl"
+    if metrics.exists() and metrics.stat().st_size > 0:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    root = log_root.resolve()
+    parent = folder.resolve().parent
+    while parent != root.parent and root in (parent, *parent.parents):
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+        parent = parent.parent
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name=None)
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from env.vector import EnvWorkerError
+
     try:
         run_config(cfg)
-    except UserError as exc:
+    except (UserError, EnvWorkerError) as exc:  # a dead or stuck env worker is reported, not traced back
         print(f"error: {exc}", file=sys.stderr)
+        for folder in {Path(HydraConfig.get().runtime.output_dir), Path(str(cfg.get("logdir", "")))}:
+            if str(folder) not in ("", "."):
+                discard_unused_run_folder(folder, Path(str(cfg.get("log_dir", "log"))))
         sys.exit(2)
 
 
@@ -88,6 +114,9 @@ def preflight(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from agent.checkpoint import stop_on_sigterm
+
+    stop_on_sigterm()
     register_resolvers()
     register_search_path()
     try:

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from agent.base import BaseAgent, load_normalization
+from agent.base import BaseAgent, check_normalization, load_normalization
 from agent.checkpoint import (
     allows_pickle,
     checkpoint_path,
@@ -487,7 +487,7 @@ class FinetuneAgent(BaseAgent):
         ckpt_norm = self._load_base_policy()
         self.policy.to(self.device)
         norm_path = OmegaConf.select(c, "normalization_path", default=None)
-        self.normalization = load_normalization(norm_path) if norm_path and Path(norm_path).is_file() else ckpt_norm
+        self.normalization = load_normalization(norm_path, c) if norm_path and Path(norm_path).is_file() else ckpt_norm
         self.env = make_env(c, self.logdir, ckpt_norm, self.seed)
         self.algorithm = self.algorithm_class.from_config(c, self.policy, self.device)
         threshold = OmegaConf.select(c, "env.best_reward_threshold_for_success", default=None)
@@ -513,11 +513,25 @@ class FinetuneAgent(BaseAgent):
             log.info("no base_policy_path: training from a freshly initialised policy")
             return None
         ckpt = load_checkpoint(source, allow_pickle=allows_pickle(self.cfg))
+        norm = ckpt.get("normalization")
+        stats = {k: np.asarray(v) for k, v in norm.items()} if norm else None
+        check_normalization(stats, self.cfg, f"the normalization stored in {source}")
         if self.resume_path is None:
             kind = load_policy_weights(self.policy, ckpt, self.cfg, Path(source))
             log.info("loaded %s weights from %s", "EMA" if kind == "pretrain" else "fine-tuned", source)
-        norm = ckpt.get("normalization")
-        return {k: np.asarray(v) for k, v in norm.items()} if norm else None
+        else:  # checked before the envs start
+            if ckpt.get("kind") != "finetune":
+                raise DataError(
+                    f"resume={source} is a {ckpt.get('kind', 'foreign')} checkpoint, not a fine-tuning one; pass it as "
+                    "base_policy_path to start fine-tuning from it"
+                )
+            done = int(ckpt.get("itr", 0))
+            if done >= self.n_train_itr:
+                raise ConfigError(
+                    f"resume={source}: that run already finished {done} iterations (train.n_train_itr="
+                    f"{self.n_train_itr}); raise train.n_train_itr to train it further"
+                )
+        return stats
 
     def setup(self) -> None:
         """Build what the loop needs beyond env, policy and algorithm (buffers, scalers)."""

@@ -54,12 +54,20 @@ _ARRAY_GLOBALS = frozenset(
 
 class ArraysUnpickler(pickle.Unpickler):
     """An unpickler that builds containers, numbers, strings and numpy arrays, and refuses every other global
-    (a function call such as `os.system` included) with `pickle.UnpicklingError` naming it."""
+    (a function call such as `os.system` included) with `RefusedGlobal` naming it."""
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) in _ARRAY_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name}")
+        raise RefusedGlobal(f"{module}.{name}")
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """`ArraysUnpickler` met a global it does not build (the message names it)."""
+
+
+class NeedsPickleError(ValueError):
+    """A pickle that refers to more than numpy arrays: loading it needs `--allow-pickle`."""
 
 
 def read_pickle(path: Path, allow_pickle: bool = False) -> object:
@@ -73,8 +81,8 @@ def read_pickle(path: Path, allow_pickle: bool = False) -> object:
             return pickle.load(f)  # noqa: S301 - the user vouched for this file with --allow-pickle
         try:
             return ArraysUnpickler(f).load()
-        except pickle.UnpicklingError as exc:
-            raise ValueError(
+        except RefusedGlobal as exc:
+            raise NeedsPickleError(
                 f"{path} needs arbitrary unpickling to load (it refers to {exc}), which can run code it holds; if "
                 "you trust the file, pass --allow-pickle"
             ) from exc
@@ -93,29 +101,58 @@ def load_d4rl_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict[
     if not path.is_file():
         raise FileNotFoundError(f"D4RL file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    elif suffix in (".pkl", ".pickle"):
-        obj = read_pickle(path, allow_pickle)
-        if not isinstance(obj, Mapping):
-            raise ValueError(f"{path} does not hold a dictionary (got {type(obj).__name__})")
-        data = {k: np.asarray(v) for k, v in obj.items()}
-    elif suffix in (".hdf5", ".h5"):
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            data = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
-    else:
+    if suffix not in (".npz", ".pkl", ".pickle", ".hdf5", ".h5"):
         raise ValueError(f"unsupported file type {suffix!r} for {path} (use .npz, .pkl or .hdf5)")
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                data = {k: f[k] for k in f.files}
+        elif suffix in (".pkl", ".pickle"):
+            data = read_pickle(path, allow_pickle)
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                data = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
+    except NeedsPickleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy, pickle and h5py each fail their own way on a damaged file
+        raise ValueError(
+            f"{path} is not a readable {suffix[1:]} file ({type(exc).__name__}: {exc}); it is truncated, damaged or "
+            "of another format: download or export it again"
+        ) from exc
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path} does not hold a dictionary (got {type(data).__name__})")
+    data = {str(k): np.asarray(v) for k, v in data.items()}
     if "observations" not in data and "states" in data:
         data["observations"] = data.pop("states")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
-        raise KeyError(f"{path} lacks {missing}; it has {sorted(data)}")
+        raise ValueError(f"{path} lacks {missing}; it has {sorted(data)}")
     if "timeouts" not in data:
         data["timeouts"] = np.zeros(len(data["observations"]), dtype=bool)
+    check_d4rl_arrays(data, str(path))
     return data
+
+
+def check_d4rl_arrays(data: Mapping[str, np.ndarray], source: str) -> None:
+    """Raise one ValueError line naming `source` and the key when the D4RL arrays do not fit together:
+    `observations` (N, Do) and `actions` (N, Da) finite numbers, `rewards`, `terminals`, `timeouts` (N,)."""
+    n = len(data["observations"])
+    for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
+        if key not in data and key == "timeouts":  # optional: all False
+            continue
+        values = np.asarray(data[key])
+        if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+            raise ValueError(f"{source}: {key} holds {values.dtype} values, not numbers")
+        want_dims = 2 if key in ("observations", "actions") else 1
+        if want_dims == 1 and values.ndim == 2 and values.shape[1:] == (1,):  # (N, 1) flags or rewards
+            values = values[:, 0]
+        if values.ndim != want_dims or len(values) != n:
+            shape = "(N, D)" if want_dims == 2 else "(N,)"
+            raise ValueError(f"{source}: {key} has shape {values.shape}; expected {shape} with N={n} (observations)")
+    if n == 0:
+        raise ValueError(f"{source}: the arrays are empty")
 
 
 def episode_lengths(terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
@@ -151,8 +188,7 @@ def convert_d4rl(
     rewards = np.asarray(data["rewards"]).reshape(-1)
     terminals = np.asarray(data["terminals"]).reshape(-1).astype(bool)
     timeouts = np.asarray(data.get("timeouts", np.zeros(len(obs), bool))).reshape(-1).astype(bool)
-    if not (len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts)):
-        raise ValueError("observations, actions, rewards, terminals and timeouts must have the same length")
+    check_d4rl_arrays(data, "the D4RL dictionary")
     stats = NormStats.from_data(obs, actions)  # whole dataset, before any filtering (reference 7.3)
     lengths = episode_lengths(terminals, timeouts)
     n_used = int(lengths.sum())
@@ -225,9 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             skip_nonpositive_reward=not args.keep_nonpositive_reward,
             seed=args.seed,
         )
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary.line())  # final summary for the user
     return 0

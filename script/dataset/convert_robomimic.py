@@ -27,6 +27,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -59,6 +60,16 @@ def default_low_dim_keys(available: Sequence[str], with_object: bool) -> list[st
     return keys
 
 
+def _demo_part(f: Any, path: Path, demo: str, part: str) -> Any:
+    """`data/<demo>/<part>` of an open robomimic file; a missing part is a ValueError naming the file and demo."""
+    group = f["data"][demo]
+    if part not in group:
+        raise ValueError(
+            f"{path}: data/{demo} has no '{part}' (it has {sorted(group.keys())}); is it a robomimic demo?"
+        )
+    return group[part]
+
+
 def image_key(camera: str) -> str:
     """hdf5 observation key of a camera (`agentview` -> `agentview_image`; full keys pass through)."""
     return camera if camera.endswith("_image") else f"{camera}_image"
@@ -85,37 +96,71 @@ def read_robomimic(
     import h5py
 
     cameras = list(cameras or [])
-    with h5py.File(path, "r") as f:
-        if "data" not in f:
-            raise KeyError(f"{path} has no 'data' group; is it a robomimic hdf5?")
-        demos = sorted_demo_names(list(f["data"].keys()))
-        if not demos:
-            raise ValueError(f"{path} holds no demo_<i> groups")
-        if max_episodes is not None:
-            demos = demos[:max_episodes]
-        available = list(f["data"][demos[0]]["obs"].keys())
-        keys = list(low_dim_keys) if low_dim_keys else default_low_dim_keys(available, with_object=not cameras)
-        missing = [k for k in keys + [image_key(c) for c in cameras] if k not in available]
-        if missing:
-            raise KeyError(f"{path}: observation key(s) {missing} not in the file; it has {sorted(available)}")
-        states, actions, rewards, images, lengths = [], [], [], [], []
-        for name in tqdm(demos, desc="reading demos", unit="demo", leave=False):
-            demo = f["data"][name]
-            obs = demo["obs"]
-            parts = [np.asarray(obs[k][()], dtype=np.float64).reshape(len(demo["actions"]), -1) for k in keys]
-            states.append(np.concatenate(parts, axis=1))
-            actions.append(np.asarray(demo["actions"][()], dtype=np.float64))
-            t = len(actions[-1])
-            rewards.append(np.asarray(demo["rewards"][()], dtype=np.float64) if "rewards" in demo else np.zeros(t))
-            lengths.append(t)
-            if cameras:
-                frames = []
-                for cam in cameras:
-                    img = np.asarray(obs[image_key(cam)][()])
-                    if img.dtype != np.uint8:  # robomimic stores uint8; tolerate [0, 1] floats
-                        img = np.clip(np.rint(img * 255.0 if img.max() <= 1.0 else img), 0, 255).astype(np.uint8)
-                    frames.append(hwc_to_chw(resize_images(img, image_size)))
-                images.append(np.concatenate(frames, axis=1))
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"robomimic file not found: {path}")
+    where = "the file"  # what was being read, for the message when the read fails
+    try:
+        with h5py.File(path, "r") as f:
+            if "data" not in f or not isinstance(f["data"], h5py.Group):
+                raise ValueError(f"{path} has no 'data' group; is it a robomimic hdf5?")
+            demos = sorted_demo_names(list(f["data"].keys()))
+            if not demos:
+                raise ValueError(f"{path}: the 'data' group holds no demo_<i> groups")
+            if max_episodes is not None:
+                demos = demos[:max_episodes]
+            available = list(_demo_part(f, path, demos[0], "obs").keys())
+            keys = list(low_dim_keys) if low_dim_keys else default_low_dim_keys(available, with_object=not cameras)
+            states, actions, rewards, images, lengths = [], [], [], [], []
+            for name in tqdm(demos, desc="reading demos", unit="demo", leave=False):
+                where = f"data/{name}"
+                obs = _demo_part(f, path, name, "obs")
+                act = np.asarray(_demo_part(f, path, name, "actions")[()], dtype=np.float64)
+                t = len(act)
+                if act.ndim != 2 or t == 0:
+                    raise ValueError(f"{path}: data/{name}/actions must be a non-empty (T, Da) array, got {act.shape}")
+                missing = [k for k in keys + [image_key(c) for c in cameras] if k not in obs]
+                if missing:
+                    raise ValueError(
+                        f"{path}: data/{name}/obs lacks key(s) {missing}; it has {sorted(obs.keys())} "
+                        "(choose others with --low-dim-keys / --cameras)"
+                    )
+                parts = []
+                for k in keys:
+                    where = f"data/{name}/obs/{k}"
+                    values = np.asarray(obs[k][()], dtype=np.float64)
+                    if len(values) != t:
+                        raise ValueError(f"{path}: {where} has {len(values)} steps but data/{name}/actions has {t}")
+                    parts.append(values.reshape(t, -1))
+                states.append(np.concatenate(parts, axis=1))
+                actions.append(act)
+                where = f"data/{name}/rewards"
+                rewards.append(
+                    np.asarray(f["data"][name]["rewards"][()], dtype=np.float64).reshape(-1)
+                    if "rewards" in f["data"][name]
+                    else np.zeros(t)
+                )
+                if len(rewards[-1]) != t:
+                    raise ValueError(f"{path}: {where} has {len(rewards[-1])} steps but data/{name}/actions has {t}")
+                lengths.append(t)
+                if cameras:
+                    frames = []
+                    for cam in cameras:
+                        where = f"data/{name}/obs/{image_key(cam)}"
+                        img = np.asarray(obs[image_key(cam)][()])
+                        if img.ndim != 4 or len(img) != t:
+                            raise ValueError(f"{path}: {where} must be (T={t}, H, W, C) images, got {img.shape}")
+                        if img.dtype != np.uint8:  # robomimic stores uint8; tolerate [0, 1] floats
+                            img = np.clip(np.rint(img * 255.0 if img.max() <= 1.0 else img), 0, 255).astype(np.uint8)
+                        frames.append(hwc_to_chw(resize_images(img, image_size)))
+                    images.append(np.concatenate(frames, axis=1))
+    except (OSError, RuntimeError, TypeError, KeyError) as exc:  # h5py's errors for a truncated or foreign file
+        raise ValueError(
+            f"{path}: cannot read {where} ({type(exc).__name__}: {exc}); the file is truncated, damaged or not an "
+            "hdf5 file: download or convert it again"
+        ) from exc
+    if len({s.shape[1] for s in states}) > 1 or len({a.shape[1] for a in actions}) > 1:
+        raise ValueError(f"{path}: the demos' state or action widths differ; every demo must have the same keys")
     out = {
         "states": np.concatenate(states),
         "actions": np.concatenate(actions),
@@ -195,17 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     out = Path(args.out_dir) if args.out_dir else task_dir(args.suite, args.task or Path(args.input).stem)
-    summary = convert_robomimic(
-        args.input,
-        out,
-        low_dim_keys=args.low_dim_keys,
-        cameras=args.cameras,
-        image_size=args.image_size,
-        max_episodes=args.max_episodes,
-        val_split=args.val_split,
-        seed=args.seed,
-        normalize_data=not args.no_normalize,
-    )
+    try:
+        summary = convert_robomimic(
+            args.input,
+            out,
+            low_dim_keys=args.low_dim_keys,
+            cameras=args.cameras,
+            image_size=args.image_size,
+            max_episodes=args.max_episodes,
+            val_split=args.val_split,
+            seed=args.seed,
+            normalize_data=not args.no_normalize,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(summary.line())  # final summary for the user
     return 0
 

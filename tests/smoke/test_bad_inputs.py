@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,10 +55,115 @@ def _hopper_demos(tmp: Path) -> None:
     make_demo_npz(tmp / "data/gym/hopper-medium-v2/train.npz", 11, 3, (40, 40))
 
 
+def _wrong_normalization(tmp: Path) -> None:
+    """Hopper demos (obs_dim 11) whose normalization.npz has 5 observation dims."""
+    _hopper_demos(tmp)
+    folder = tmp / "data/gym/hopper-medium-v2"
+    np.savez(
+        folder / "normalization.npz",
+        obs_min=-np.ones(5),
+        obs_max=np.ones(5),
+        action_min=-np.ones(3),
+        action_max=np.ones(3),
+    )
+
+
+def _checkpoint_dicts(tmp: Path) -> None:
+    """Plain checkpoints (no weights needed: the errors come first): a fine-tuning one, a finished fine-tuning one
+    (5 iterations), a pretraining one, and a pretraining one whose stored normalization has 5 obs dims."""
+    torch.save({"kind": "finetune", "itr": 2, "env_steps": 10, "model": {}}, tmp / "ft.pt")
+    torch.save({"kind": "finetune", "itr": 5, "env_steps": 10, "model": {}}, tmp / "ft_done.pt")
+    torch.save({"kind": "pretrain", "epoch": 1, "model": {}, "ema": {}}, tmp / "pre.pt")
+    norm = {"obs_min": -np.ones(5), "obs_max": np.ones(5), "action_min": -np.ones(3), "action_max": np.ones(3)}
+    torch.save({"kind": "pretrain", "epoch": 1, "model": {}, "ema": {}, "normalization": norm}, tmp / "pre_norm.pt")
+
+
+def _finished_pretraining(tmp: Path) -> None:
+    """A pretraining run of one epoch, finished."""
+    _hopper_demos(tmp)
+    out = run_cli([*PRETRAIN, *SMALL, "train.n_epochs=1"], tmp)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def _a_file(tmp: Path) -> None:
+    (tmp / "afile").write_text("not a folder")
+
+
+def _robomimic_file(tmp: Path, kind: str) -> None:
+    """`tmp/rm.hdf5`: a robomimic file with one defect (`kind`)."""
+    import h5py
+
+    path = tmp / "rm.hdf5"
+    if kind == "random_bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+        return
+    with h5py.File(path, "w") as f:
+        if kind == "no_data":
+            f.create_group("stuff")
+            return
+        data = f.create_group("data")
+        if kind == "empty_data":
+            return
+        demo = data.create_group("demo_0")
+        demo.create_dataset("actions", data=np.zeros((10, 7)))
+        if kind == "no_obs":
+            return
+        obs = demo.create_group("obs")
+        t_pos = 9 if kind == "length_mismatch" else 10
+        obs.create_dataset("robot0_eef_pos", data=np.zeros((t_pos, 3)))
+        obs.create_dataset("robot0_eef_quat", data=np.zeros((10, 4)))
+        obs.create_dataset("robot0_gripper_qpos", data=np.zeros((10, 2)))
+        if kind != "missing_key":
+            obs.create_dataset("object", data=np.zeros((10, 10)))
+        if kind == "truncated":
+            obs.create_dataset("padding", data=np.zeros((20000,)))  # so that the cut lands inside the data
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _d4rl_file(tmp: Path, kind: str) -> None:
+    """`tmp/d4rl.<ext>`: a D4RL dictionary with one defect (`kind`)."""
+    n = 20
+    arrays = {
+        "observations": np.zeros((n, 11)),
+        "actions": np.zeros((n, 3)),
+        "rewards": np.ones(n),
+        "terminals": np.eye(1, n, n - 1, dtype=bool)[0],
+    }
+    if kind == "random_bytes":
+        (tmp / "d4rl.npz").write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "length_mismatch":
+        np.savez(tmp / "d4rl.npz", **{**arrays, "actions": np.zeros((n - 1, 3))})
+    elif kind == "missing_key":
+        np.savez(tmp / "d4rl.npz", **{k: v for k, v in arrays.items() if k != "rewards"})
+    elif kind == "strings":
+        np.savez(tmp / "d4rl.npz", **{**arrays, "observations": np.array(["a"] * n)})
+    elif kind == "truncated":
+        import h5py
+
+        with h5py.File(tmp / "d4rl.hdf5", "w") as f:
+            for k, v in {**arrays, "padding": np.zeros(20000)}.items():
+                f.create_dataset(k, data=v)
+        data = (tmp / "d4rl.hdf5").read_bytes()
+        (tmp / "d4rl.hdf5").write_bytes(data[: len(data) // 2])
+
+
 SETUPS = {
     "evil": _malicious_checkpoint,
     "evil_pkl": _malicious_pickle,
     "demos": _hopper_demos,
+    "wrong_norm": _wrong_normalization,
+    "ckpts": _checkpoint_dicts,
+    "finished": _finished_pretraining,
+    "afile": _a_file,
+    **{
+        f"rm_{k}": (lambda tmp, k=k: _robomimic_file(tmp, k))
+        for k in ("random_bytes", "no_data", "empty_data", "no_obs", "length_mismatch", "missing_key", "truncated")
+    },
+    **{
+        f"d4rl_{k}": (lambda tmp, k=k: _d4rl_file(tmp, k))
+        for k in ("random_bytes", "length_mismatch", "missing_key", "strings", "truncated")
+    },
 }
 
 
@@ -70,7 +176,8 @@ class Case:
         args: the command line after the script (`{tmp}` is the test folder).
         message: a piece of the one error line.
         setup: names of `SETUPS` to run first.
-        no_run_folder: the error comes before the run starts, so no log or data folder may appear.
+        no_run_folder: the error comes before the run starts (or the run folder it made is removed again), so
+            no file or folder may appear in the test folder.
         script: the script run.
     """
 
@@ -160,6 +267,137 @@ CASES = [
 ]
 
 
+def _convert_robomimic(kind: str, message: str) -> Case:
+    return Case(
+        f"convert-robomimic-{kind.replace('_', '-')}",
+        ["--input", "{tmp}/rm.hdf5", "--task", "lift"],
+        message,
+        (f"rm_{kind}",),
+        no_run_folder=True,
+        script="script/dataset/convert_robomimic.py",
+    )
+
+
+def _convert_d4rl(kind: str, message: str) -> Case:
+    ext = "hdf5" if kind == "truncated" else "npz"
+    return Case(
+        f"convert-d4rl-{kind.replace('_', '-')}",
+        ["--input", f"{{tmp}}/d4rl.{ext}", "--task", "hopper-medium-v2"],
+        message,
+        (f"d4rl_{kind}",),
+        no_run_folder=True,
+        script="script/dataset/convert_d4rl.py",
+    )
+
+
+CASES += [
+    Case(
+        "override-syntax",
+        [*PRETRAIN, *SMALL, "train.batch_size=[1,2"],
+        "cannot parse the override 'train.batch_size=[1,2' (no viable alternative at input '[1,2')",
+        no_run_folder=True,
+    ),
+    Case(
+        "log-folder-is-a-file",
+        [*PRETRAIN, *SMALL, "log_dir={tmp}/afile/log"],
+        "afile is a file, not a folder; set log_dir=<folder> or DPPO_LOG_DIR to a writable folder",
+        ("afile",),
+        no_run_folder=True,
+    ),
+    Case(
+        "log-folder-name-too-long",
+        [*PRETRAIN, *SMALL, "log_dir={tmp}/" + "a" * 300],
+        "has a name longer than 255 bytes",
+        no_run_folder=True,
+    ),
+    Case(
+        "log-folder-not-creatable",
+        [*PRETRAIN, *SMALL, "log_dir=/proc/no/such/folder"],
+        "cannot create the run folder /proc/no/such/folder/",
+        no_run_folder=True,
+    ),
+    Case(
+        "dataset-missing-leaves-no-run-folder",
+        [*PRETRAIN, *SMALL, "train.n_epochs=1"],
+        "dataset file not found",
+        no_run_folder=True,
+    ),
+    Case(
+        "pretrain-normalization-of-another-dimension",
+        [*PRETRAIN, *SMALL, "train.n_epochs=1"],
+        "normalization.npz: obs_min has shape (5,), but obs_dim=11",
+        ("wrong_norm",),
+        no_run_folder=True,
+    ),
+    Case(
+        "finetune-checkpoint-normalization-of-another-dimension",
+        [*FINETUNE, "device=cpu", "wandb=null", "base_policy_path={tmp}/pre_norm.pt"],
+        "the normalization stored in {tmp}/pre_norm.pt: obs_min has shape (5,), but obs_dim=11",
+        ("ckpts",),
+        no_run_folder=True,
+    ),
+    Case(
+        "eval-checkpoint-normalization-of-another-dimension",
+        [*EVAL, "device=cpu", "wandb=null", "base_policy_path={tmp}/pre_norm.pt"],
+        "obs_min has shape (5,), but obs_dim=11",
+        ("ckpts",),
+        no_run_folder=True,
+    ),
+    Case(
+        "pretrain-resume-of-a-finetuning-checkpoint",
+        [*PRETRAIN, *SMALL, "train.n_epochs=2", "resume={tmp}/ft.pt"],
+        "is a finetune checkpoint, not a pretraining one",
+        ("ckpts", "demos"),
+        no_run_folder=True,
+    ),
+    Case(
+        "finetune-resume-of-a-pretraining-checkpoint",
+        [*FINETUNE, "device=cpu", "wandb=null", "resume={tmp}/pre.pt"],
+        "is a pretrain checkpoint, not a fine-tuning one; pass it as base_policy_path",
+        ("ckpts",),
+        no_run_folder=True,
+    ),
+    Case(
+        "finetune-resume-of-a-finished-run",
+        [*FINETUNE, "device=cpu", "wandb=null", "train.n_train_itr=5", "resume={tmp}/ft_done.pt"],
+        "that run already finished 5 iterations (train.n_train_itr=5); raise train.n_train_itr",
+        ("ckpts",),
+        no_run_folder=True,
+    ),
+    Case(
+        "pretrain-resume-of-a-finished-run",
+        [*PRETRAIN, *SMALL, "train.n_epochs=1", "resume=true"],
+        "that run already finished 1 epochs (train.n_epochs=1); raise train.n_epochs",
+        ("finished",),
+        no_run_folder=True,
+    ),
+    _convert_robomimic("random_bytes", "rm.hdf5: cannot read the file (OSError"),
+    _convert_robomimic("no_data", "rm.hdf5 has no 'data' group; is it a robomimic hdf5?"),
+    _convert_robomimic("empty_data", "rm.hdf5: the 'data' group holds no demo_<i> groups"),
+    _convert_robomimic("no_obs", "rm.hdf5: data/demo_0 has no 'obs' (it has ['actions'])"),
+    _convert_robomimic("length_mismatch", "data/demo_0/obs/robot0_eef_pos has 9 steps but data/demo_0/actions has 10"),
+    _convert_robomimic("missing_key", "rm.hdf5: data/demo_0/obs lacks key(s) ['object']"),
+    _convert_robomimic("truncated", "the file is truncated, damaged or not an hdf5 file"),
+    _convert_d4rl("random_bytes", "d4rl.npz is not a readable npz file"),
+    _convert_d4rl("length_mismatch", "d4rl.npz: actions has shape (19, 3); expected (N, D) with N=20"),
+    _convert_d4rl("missing_key", "d4rl.npz lacks ['rewards']"),
+    _convert_d4rl("strings", "d4rl.npz: observations holds <U1 values, not numbers"),
+    _convert_d4rl("truncated", "d4rl.hdf5 is not a readable hdf5 file"),
+]
+
+
+def visible_lines(stderr: str) -> list[str]:
+    """The lines a terminal shows of `stderr`: a progress bar that was cleared (overwritten by as many blanks,
+    which tqdm writes on a line of their own when stderr is not a terminal) is not one."""
+    shown: list[str] = []
+    for raw in stderr.replace("\r", "\n").split("\n"):
+        if raw.strip():
+            shown.append(raw)
+        elif raw and shown and len(raw) >= len(shown[-1]):
+            shown.pop()
+    return [line.strip() for line in shown]
+
+
 def run_script(script: str, args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     """Run a script of the repository with the test's data and log folders, as `run_cli` does."""
     if script == "script/run.py":
@@ -173,15 +411,16 @@ def run_script(script: str, args: list[str], tmp: Path) -> subprocess.CompletedP
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, case: Case):
     for name in case.setup:
         SETUPS[name](tmp_path)
+    before = sorted(tmp_path.rglob("*"))
     out = run_script(case.script, [a.replace("{tmp}", str(tmp_path)) for a in case.args], tmp_path)
-    lines = out.stderr.strip().splitlines()
+    lines = visible_lines(out.stderr)
     assert out.returncode == 2, out.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
-    assert case.message in lines[0], lines[0]
+    assert case.message.replace("{tmp}", str(tmp_path)) in lines[0], lines[0]
     assert "Traceback" not in out.stderr
     assert not (tmp_path / MARKER).exists(), "loading the checkpoint ran the code it holds"
     if case.no_run_folder:
-        assert not (tmp_path / "log").exists() and not (tmp_path / "data").exists(), "nothing may be written"
+        assert sorted(tmp_path.rglob("*")) == before, "nothing may be written"
 
 
 def test_allow_pickle_loads_a_trusted_checkpoint(tmp_path: Path):

@@ -94,9 +94,14 @@ def test_malformed_dataset_and_dim_mismatch(tmp_path):
     assert out.returncode == 2 and "obs_dim=11" in out.stderr.strip().splitlines()[-1]
 
 
-def test_ctrl_c_stops_with_one_line_naming_the_checkpoint_to_resume(tmp_path):
+@pytest.mark.parametrize(("sig", "code", "word"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_signal_stops_with_one_line_naming_the_checkpoint_to_resume(tmp_path, sig, code, word):
+    """Ctrl-C and SIGTERM stop alike: exit 130 / 143 and one line naming the run to resume; the named run resumes,
+    and when its newest checkpoint is damaged, from the one before (saying so)."""
     import signal
     import time
+
+    from agent.checkpoint import list_checkpoints, load_checkpoint
 
     make_demo_npz(tmp_path / "data/gym/hopper-medium-v2/train.npz", 11, 3, (40, 40))
     env = {**os.environ, "DPPO_DATA_DIR": str(tmp_path / "data"), "DPPO_LOG_DIR": str(tmp_path / "log")}
@@ -111,16 +116,22 @@ def test_ctrl_c_stops_with_one_line_naming_the_checkpoint_to_resume(tmp_path):
     )
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not list((tmp_path / "log").glob("*/*/*/checkpoint/state_*.pt")):
+        while time.time() < deadline and len(list((tmp_path / "log").glob("*/*/*/checkpoint/state_*.pt"))) < 2:
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     run = next((tmp_path / "log/gym-pretrain").glob("*/*"))
-    assert proc.returncode == 130, err[-1500:]
+    assert proc.returncode == code, err[-1500:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("interrupted; continue from ") and f"resume={run}" in last, err[-1500:]
+    assert last.startswith(f"{word}; continue from ") and f"resume={run}" in last, err[-1500:]
     assert "Traceback" not in err
-    out = run_cli(_small(["train.n_epochs=1", f"resume={run}"]), tmp_path)  # the named checkpoint loads
+    (_, previous), (_, newest) = list_checkpoints(run)[-2:]
+    epoch = int(load_checkpoint(previous)["epoch"])
+    newest.write_bytes(newest.read_bytes()[:1000])  # damaged: a full disk, an interrupted copy
+    out = run_cli(_small([f"train.n_epochs={epoch + 1}", f"resume={run}"]), tmp_path)  # the named run loads
     assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{newest} is truncated or damaged; resuming from the previous complete checkpoint {previous}" in (
+        out.stdout + out.stderr
+    )

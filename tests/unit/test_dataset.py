@@ -108,3 +108,15 @@ def test_missing_file_and_dim_mismatch(tmp_path, ramp):
         StitchedSequenceDataset(str(tmp_path / "nope.npz"), horizon_steps=1, hint="see README")
     with pytest.raises(DataError, match="obs_dim=5"):
         StitchedSequenceDataset(str(ramp), horizon_steps=1, obs_dim=5)
+
+
+def test_actions_outside_the_normalised_range_warn_once_with_the_range(tmp_path, ramp, caplog):
+    with caplog.at_level("WARNING", logger="agent.dataset"):
+        StitchedSequenceDataset(str(ramp), horizon_steps=2)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "actions range over [100, 106], outside the normalised [-1, 1]" in warned[0]
+    caplog.clear()
+    inside = _write(tmp_path / "ok.npz", np.zeros((5, 1), np.float32), np.full((5, 1), -1.0, np.float32), [5])
+    with caplog.at_level("WARNING", logger="agent.dataset"):
+        StitchedSequenceDataset(str(inside), horizon_steps=2)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -277,7 +277,7 @@ def test_convert_robomimic_synthetic_lowdim_and_images(tmp_path: Path) -> None:
     expected = demos[1]["agentview_image"][0].reshape(4, 2, 4, 2, 3).mean(axis=(1, 3))
     np.testing.assert_allclose(img["images"][0, :3], np.rint(expected).transpose(2, 0, 1), atol=0.5)
 
-    with pytest.raises(KeyError, match="not in the file"):
+    with pytest.raises(ValueError, match=r"data/demo_1/obs lacks key\(s\) \['frontview_image'\]"):
         convert_robomimic.convert_robomimic(tmp_path / "x.hdf5", tmp_path / "bad", cameras=["frontview"])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,18 @@ def test_dead_worker_is_reported_with_its_exit():
     with pytest.raises(EnvWorkerError, match="avoid_m1: step failed: the env worker .* killed by signal SIGKILL"):
         env.step(np.zeros((2, 4, 2)))
     env.close()
+
+
+def test_stopped_worker_is_killed_and_reported():
+    env = make_vec_env(cfg("avoid_m1", "d3il_lowdim", 2, pipeline=True, step_timeout=1), seed=0)
+    env.reset()
+    victim = env._processes[0]
+    os.kill(victim.pid, signal.SIGSTOP)
+    start = time.perf_counter()
+    with pytest.raises(EnvWorkerError, match=r"avoid_m1: step failed: the env worker \(pid \d+\) is stopped"):
+        env.step(np.zeros((2, 4, 2)))
+    assert time.perf_counter() - start < 1 + 10
+    assert not any(p.is_alive() for p in env._processes)
 
 
 def test_pipeline_and_asynchronous_exclude_each_other():

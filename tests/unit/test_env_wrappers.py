@@ -357,6 +357,19 @@ def test_async_dead_worker_is_reported() -> None:
     assert vec.env.closed
 
 
+def test_async_stopped_worker_is_killed_and_reported() -> None:
+    """A SIGSTOPped worker: the step times out, the cleanup does not wait for it, and every worker is gone."""
+    vec = make_vec(2, asynchronous=True, step_timeout=1.0)
+    vec.reset()
+    victim = vec.env.processes[0]
+    os.kill(victim.pid, signal.SIGSTOP)
+    start = time.perf_counter()
+    with pytest.raises(EnvWorkerError, match=r"sub-env 0 \(pid \d+\) is stopped \(SIGSTOP"):
+        vec.step(np.zeros((2, 4, 2)))
+    assert time.perf_counter() - start < 1.0 + 10
+    assert not any(p.is_alive() for p in vec.env.processes)
+
+
 def test_async_hung_worker_times_out() -> None:
     vec = make_vec(2, asynchronous=True, step_timeout=0.5, per_env=lambda i: {"sleep": 2.0 if i == 0 else 0.0})
     vec.reset()

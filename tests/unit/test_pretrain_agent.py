@@ -67,3 +67,14 @@ def test_checkpoint_round_trip_restores_model_ema_optimizer_exactly(tmp_dirs: Pa
     for k in s0:
         assert torch.equal(s0[k]["exp_avg"], s1[k]["exp_avg"])
     assert fresh.scheduler.get_last_lr() == agent.scheduler.get_last_lr()
+
+
+def test_batch_larger_than_the_dataset_warns(tmp_dirs: Path):
+    """60 steps with horizon 4 give 54 windows: a batch of 1000 is one smaller batch per epoch, said once."""
+    log = (_agent(tmp_dirs, ["train.batch_size=1000"]).logdir / "run.log").read_text()
+    assert log.count("larger than the dataset") == 1
+    assert (
+        "train.batch_size=1000 is larger than the dataset's 54 training windows: every epoch is one smaller batch; "
+        "lower train.batch_size" in log
+    )
+    assert "larger than the dataset" not in (_agent(tmp_dirs, ["train.batch_size=54"]).logdir / "run.log").read_text()
