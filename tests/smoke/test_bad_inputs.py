@@ -457,3 +457,58 @@ def test_diverging_pretraining_stops_with_one_error_line_and_no_nan_checkpoint(t
     for _, path in list_checkpoints(run):
         ckpt = load_checkpoint(path)
         assert all(torch.isfinite(v).all() for part in ("model", "ema") for v in ckpt[part].values())
+
+
+@pytest.mark.parametrize("mode", [["env.pipeline=true"], ["env.pipeline=false", "+env.asynchronous=true"]])
+def test_stopped_env_worker_ends_the_run_with_one_line(tmp_path: Path, mode: list[str]):
+    """A SIGSTOPped env worker (pipeline or async): the run ends within step_timeout + 10 s, exit 2, one error line
+    (the last, after the progress bar) naming the stopped worker, and no traceback."""
+    import signal
+    import time
+
+    _hopper_demos(tmp_path)  # for its normalization.npz
+    timeout = 3
+    args = [
+        "--config-name=ft_ppo_diffusion_mlp_cpu",
+        "--config-dir=cfg/gym/finetune/hopper-v2",
+        "device=cpu",
+        "wandb=null",
+        "base_policy_path=null",
+        "env.n_envs=4",
+        "train.n_steps=50",
+        "train.batch_size=100",
+        *mode,
+        f"+env.step_timeout={timeout}",
+        "train.n_train_itr=100000",
+    ]
+    env = {**os.environ, "DPPO_DATA_DIR": str(tmp_path / "data"), "DPPO_LOG_DIR": str(tmp_path / "log")}
+    proc = subprocess.Popen(
+        [sys.executable, "script/run.py", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        workers: list[int] = []
+        while time.time() < deadline and not workers and proc.poll() is None:
+            time.sleep(0.5)  # the workers: forked children running the same command, once an iteration is logged
+            if any(p.stat().st_size for p in (tmp_path / "log").glob("*/*/*/metrics.jsonl")):  # (a reset waits 4x)
+                children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                same = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+                workers = [int(c) for c in children if Path(f"/proc/{c}/cmdline").read_bytes() == same]
+        assert workers, f"no env worker process appeared: {proc.poll()=}"
+        os.kill(workers[0], signal.SIGSTOP)
+        stopped = time.time()
+        _, err = proc.communicate(timeout=timeout + 60)
+        took = time.time() - stopped
+    finally:
+        proc.kill()
+    errors = [line for line in visible_lines(err) if line.startswith("error: ")]
+    assert proc.returncode == 2, err[-2000:]
+    assert took < timeout + 10, took
+    # after the progress bar (the run had started), as for the diverging run above
+    assert len(errors) == 1 and errors[0] == visible_lines(err)[-1] and "is stopped (SIGSTOP" in errors[0], err[-2000:]
+    assert "Traceback" not in err
