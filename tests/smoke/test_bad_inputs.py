@@ -459,10 +459,21 @@ def test_diverging_pretraining_stops_with_one_error_line_and_no_nan_checkpoint(t
         assert all(torch.isfinite(v).all() for part in ("model", "ema") for v in ckpt[part].values())
 
 
-@pytest.mark.parametrize("mode", [["env.pipeline=true"], ["env.pipeline=false", "+env.asynchronous=true"]])
-def test_stopped_env_worker_ends_the_run_with_one_line(tmp_path: Path, mode: list[str]):
-    """A SIGSTOPped env worker (pipeline or async): the run ends within step_timeout + 10 s, exit 2, one error line
-    (the last, after the progress bar) naming the stopped worker, and no traceback."""
+PIPELINE, ASYNC = ["env.pipeline=true"], ["env.pipeline=false", "+env.asynchronous=true"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "sig", "message"),
+    [
+        (PIPELINE, "SIGSTOP", "is stopped (SIGSTOP"),
+        (ASYNC, "SIGSTOP", "is stopped (SIGSTOP"),
+        (PIPELINE, "SIGKILL", "killed by signal SIGKILL"),
+    ],
+    ids=["pipeline-stopped", "async-stopped", "pipeline-killed"],
+)
+def test_stopped_or_dead_env_worker_ends_the_run_with_one_line(tmp_path: Path, mode: list[str], sig: str, message: str):
+    """A SIGSTOPped or killed env worker: the run ends within step_timeout + 10 s, exit 2, one error line (the last,
+    after the progress bar) naming the worker, and no traceback."""
     import signal
     import time
 
@@ -500,7 +511,7 @@ def test_stopped_env_worker_ends_the_run_with_one_line(tmp_path: Path, mode: lis
                 same = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
                 workers = [int(c) for c in children if Path(f"/proc/{c}/cmdline").read_bytes() == same]
         assert workers, f"no env worker process appeared: {proc.poll()=}"
-        os.kill(workers[0], signal.SIGSTOP)
+        os.kill(workers[0], getattr(signal, sig))
         stopped = time.time()
         _, err = proc.communicate(timeout=timeout + 60)
         took = time.time() - stopped
@@ -510,5 +521,5 @@ def test_stopped_env_worker_ends_the_run_with_one_line(tmp_path: Path, mode: lis
     assert proc.returncode == 2, err[-2000:]
     assert took < timeout + 10, took
     # after the progress bar (the run had started), as for the diverging run above
-    assert len(errors) == 1 and errors[0] == visible_lines(err)[-1] and "is stopped (SIGSTOP" in errors[0], err[-2000:]
+    assert len(errors) == 1 and errors[0] == visible_lines(err)[-1] and message in errors[0], err[-2000:]
     assert "Traceback" not in err
