@@ -1,7 +1,7 @@
 """Demonstration datasets: `.npz` trajectories cut into action windows, gathered on the training device.
 
-File format (reference section 7.1): `states` (N, Do) float, `actions` (N, Da) float, `traj_lengths` (n_traj,) int
-summing to N, optional `images` (N, C, H, W) uint8. Values are already normalised to [-1, 1].
+File format (docs/algorithms.md#dataset-files): `states` (N, Do) float, `actions` (N, Da) float, `traj_lengths`
+(n_traj,) int summing to N, optional `images` (N, C, H, W) uint8. Values are already normalised to [-1, 1].
 
 A sample is a window of `horizon_steps` consecutive actions that never crosses a trajectory end, with the
 `cond_steps` states before it (oldest first, the last one at the window start), repeated from the trajectory's first

@@ -3,12 +3,12 @@
     python script/run.py --config-name=eval_diffusion_mlp --config-dir=cfg/gym/eval/hopper-v2 \
         base_policy_path=<checkpoint or run folder> ft_denoising_steps=10
 
-`base_policy_path` may be a pretraining checkpoint (evaluated with its EMA weights, `ft_denoising_steps=0`; the
-reference evaluated the non-EMA weights, quirk 8) or a fine-tuning checkpoint (the frozen base runs the first
-denoising steps and the fine-tuned copy the last `ft_denoising_steps`, which must equal the checkpoint's: a
-mismatch is a `ConfigError`, never silently another policy). Algorithms that choose actions with more than the
-policy (DIPO acts with its target actor, IDQL picks among candidates with its critics) are rebuilt from the
-checkpoint and evaluated the way they were evaluated in training.
+`base_policy_path` may be a pretraining checkpoint (evaluated with its EMA weights, `ft_denoising_steps=0`;
+DPPO evaluated the non-EMA weights, docs/algorithms.md#d9-ema-weights-everywhere) or a fine-tuning checkpoint
+(the frozen base runs the first denoising steps and the fine-tuned copy the last `ft_denoising_steps`, which must
+equal the checkpoint's: a mismatch is a `ConfigError`, never silently another policy). Algorithms that choose
+actions with more than the policy (DIPO acts with its target actor, IDQL picks among candidates with its critics)
+are rebuilt from the checkpoint and evaluated the way they were evaluated in training.
 
 Reports mean return, success rate (where the task has a success signal; gym locomotion has none), mean episode
 length and the episode count over `n_episodes` episodes (one per env by default, each env's first ones, so short

@@ -1,4 +1,7 @@
-"""Learning-rate schedule: cosine annealing with linear warm-up and warm restarts (reference section 2.8)."""
+"""Learning-rate schedule: cosine annealing with linear warm-up and warm restarts.
+
+See docs/algorithms.md#learning-rate-schedule.
+"""
 
 from __future__ import annotations
 

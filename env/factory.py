@@ -1,4 +1,4 @@
-"""`make_vec_env`: the DPPO-style `env:` config block -> a vector env that follows INTERFACES.md.
+"""`make_vec_env`: the DPPO-style `env:` config block -> a vector env that follows the contract in env/README.md.
 
 Config keys (everything else is an error, except the training-loop keys in `LOOP_KEYS`):
 

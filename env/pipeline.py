@@ -32,7 +32,7 @@ from env.vector import ChunkedVectorEnv, EnvWorkerError, _describe_exit, kill_wo
 
 log = logging.getLogger(__name__)
 
-# `ChunkedVectorEnv` attributes of the INTERFACES contract that do not depend on the number of sub-envs.
+# `ChunkedVectorEnv` attributes of the contract (env/README.md) that do not depend on the number of sub-envs.
 _CONTRACT_ATTRIBUTES = ("n_obs_steps", "obs_dim", "n_action_steps", "action_dim", "image_shape")
 
 StepResult = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]

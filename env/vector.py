@@ -1,4 +1,4 @@
-"""The vector env the agents talk to: action checks, worker watchdog, and the INTERFACES info contract.
+"""The vector env the agents talk to: action checks, worker watchdog, and the info contract of env/README.md.
 
 `ChunkedVectorEnv` wraps a gymnasium `SyncVectorEnv` / `AsyncVectorEnv` (SAME_STEP autoreset) whose sub-envs end
 in `MultiStep`. It
@@ -64,7 +64,7 @@ def kill_workers(processes: list[multiprocessing.Process], wait: float = 5.0) ->
 
 
 class ChunkedVectorEnv(VectorWrapper):
-    """INTERFACES-conforming vector env over chunked sub-envs.
+    """Vector env over chunked sub-envs, conforming to the contract in env/README.md.
 
     Observations: dict of numpy arrays, `state` float32 (E, To, Do) [, `rgb` uint8 (E, To_img, C, H, W)].
     Actions: (E, Te, Da) normalised to [-1, 1] (a longer chunk (E, Ta, Da), Ta > Te, is cut to its first Te

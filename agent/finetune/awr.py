@@ -1,4 +1,6 @@
-"""Advantage-weighted regression (DAWR) fine-tuning of a whole diffusion policy (reference 5.6), on the replay loop.
+"""Advantage-weighted regression (DAWR) fine-tuning of a whole diffusion policy, on the replay loop.
+
+See docs/algorithms.md#awr.
 
 Each iteration, on the whole replay buffer (kept in time order per env):
 
@@ -14,7 +16,7 @@ Each iteration, on the whole replay buffer (kept in time order per env):
 with n_updates = int(S * E / batch_size * replay_ratio), alpha = `train.td_alpha` (0.95) and
 lambda = `train.td_lambda` (0.95), both hard-coded in the reference.
 
-Deliberate fixes of reference quirk 11 and related shortcuts:
+Deliberate fixes of DPPO's AWR shortcuts (docs/algorithms.md#d11-awr-targets):
 
 * gamma is `train.gamma` (the reference always used 0.99, so robomimic's 0.999 was ignored);
 * the critic's batches cover the whole buffer (the reference drew indices below the number of *steps* from the

@@ -4,18 +4,20 @@ resume, logging and the progress bar. Subclasses add how data is collected and l
     FinetuneAgent (this file)          env + policy + evaluation + checkpoint/resume + logging + run()
       OnPolicyAgent (onpolicy.py)      rollout buffer, values, reward scaling, GAE; algorithm.update(buffer)
         PPOAgent (ppo.py)              algorithm_class = PPO
-      a replay loop (later)            replay buffer, sampling; algorithm.update(batch)
+        RWRAgent (rwr.py)              algorithm_class = RWR
+      ReplayAgent (replay.py)          replay buffer, sampling; algorithm.update(buffer)
+        DQLAgent, QSMAgent, DIPOAgent, IDQLAgent, AWRAgent (dql.py, qsm.py, dipo.py, idql.py, awr.py)
 
 An `Algorithm` holds an update rule and the state it needs (critics, optimisers, schedulers) and nothing about
 environments. To add one, subclass the loop's algorithm base (e.g. `OnPolicyAlgorithm`), implement `from_config`
 and `update`, register optimisers/schedulers/modules in the dicts below so checkpoints and learning-rate logging
 pick them up, and add a two-line agent class naming it.
 
-Iterations and evaluation (a deliberate fix of reference quirk 2): `train.n_train_itr` counts training iterations
-only. Every `train.val_freq` iterations (and before the first and after the last) the loop runs an evaluation
-rollout with deterministic sampling; it does not consume a training iteration, does not step the learning-rate
-schedulers, and the envs are reset before and after it, so the next training rollout starts from fresh episodes
-rather than from the evaluation's states.
+Iterations and evaluation (a deliberate difference, docs/algorithms.md#d2-evaluation-iterations):
+`train.n_train_itr` counts training iterations only. Every `train.val_freq` iterations (and before the first and
+after the last) the loop runs an evaluation rollout with deterministic sampling; it does not consume a training
+iteration, does not step the learning-rate schedulers, and the envs are reset before and after it, so the next
+training rollout starts from fresh episodes rather than from the evaluation's states.
 """
 
 from __future__ import annotations
@@ -312,7 +314,7 @@ def run_episodes(
     The rollout stops as soon as they have all finished.
 
     Args:
-        env: the vector env (INTERFACES contract).
+        env: the vector env (the contract in env/README.md).
         policy: anything with `sample(cond, deterministic) -> Sample`.
         act_steps: Te, executed steps per chunk.
         device: where the policy lives.

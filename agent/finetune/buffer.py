@@ -4,7 +4,7 @@ One rollout is S = `train.n_steps` policy queries ("steps": one action chunk eac
 environments. Everything is a tensor of leading shape (S, E) on the training device, written in place step by
 step (no Python lists, no per-iteration allocation).
 
-GAE here deliberately differs from the reference (quirk 3, reference 2.5.5.3), which cuts bootstrapping only at
+GAE here deliberately differs from DPPO (docs/algorithms.md#d3-gae-bootstrapping), which cuts bootstrapping only at
 `terminated` and otherwise lets both the bootstrap and the lambda-accumulation run across an auto-reset into the
 next episode:
 
@@ -155,7 +155,7 @@ class RolloutBuffer:
     def augment_images(
         self, pad: int, key: str = "rgb", chunk: int = 2048, generator: torch.Generator | None = None
     ) -> None:
-        """Randomly shift every stored image once, in place (reference 2.9, RandomShiftsAug after the rollout).
+        """Randomly shift every stored image once, in place, after the rollout (docs/algorithms.md#pixel-ppo).
 
         The images `obs[key]` (S, E, To_img, C, H, W) are flattened to (S * E * To_img, C, H, W) and each gets an
         independent integer shift in [-pad, pad] per axis with replicate padding. An integer shift only moves

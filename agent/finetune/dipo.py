@@ -1,4 +1,4 @@
-"""DIPO (diffusion policy with action gradient) fine-tuning of a whole diffusion policy (reference 5.3).
+"""DIPO (diffusion policy with action gradient) fine-tuning of a whole diffusion policy (docs/algorithms.md#dipo).
 
 A target actor (a Polyak copy of the policy) chooses the rollout actions (and the evaluation actions) and the
 critic's next actions. Per gradient step:

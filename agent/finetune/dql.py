@@ -1,4 +1,4 @@
-"""Diffusion-QL (DQL) fine-tuning of a whole diffusion policy (reference 5.1), on the replay loop.
+"""Diffusion-QL (DQL) fine-tuning of a whole diffusion policy (docs/algorithms.md#dql), on the replay loop.
 
 Per gradient step, on a batch (s, a, r, s', terminated) drawn uniformly from the buffer:
 
@@ -11,10 +11,10 @@ Per gradient step, on a batch (s, a, r, s', terminated) drawn uniformly from the
              L = bc + eta * q_loss                                   (steps once n_critic_warmup_itr have passed)
     target   theta' <- (1 - tau) theta' + tau theta,  tau = train.target_ema_rate
 
-There is no target actor. Quirk 13 (deliberately fixed): the reference computes the "BC" term on the policy's own
-differentiable samples a_new, which regularises the policy toward itself rather than toward the data the critic
-learns from; Diffusion-QL's behaviour-cloning term is the diffusion loss on the data, here the replay buffer's
-actions. `train.bc_on_policy_samples: true` restores the reference's term (for reproducing its numbers).
+There is no target actor. Deliberately different (docs/algorithms.md#d13-dql-behaviour-cloning): DPPO computes the
+"BC" term on the policy's own differentiable samples a_new, which regularises the policy toward itself rather than
+toward the data the critic learns from; Diffusion-QL's behaviour-cloning term is the diffusion loss on the data,
+here the replay buffer's actions. `train.bc_on_policy_samples: true` restores DPPO's term (for reproducing its numbers).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class DQL(ReplayAlgorithm):
         critic: double-Q CriticObsAct over Te-step chunks.
         config: shared replay hyper-parameters.
         eta: weight of the Q term (`train.eta`).
-        bc_on_policy_samples: the reference's BC term on a_new (quirk 13) instead of on buffer actions.
+        bc_on_policy_samples: DPPO's BC term on a_new (docs/algorithms.md#d13-dql-behaviour-cloning) instead of
+            on buffer actions.
         optim: {actor, critic} -> (lr, weight_decay, lr_scheduler block or None).
     """
 

@@ -1,4 +1,6 @@
-"""Implicit Diffusion Q-Learning (IDQL) fine-tuning of a whole diffusion policy (reference 5.4), on the replay loop.
+"""Implicit Diffusion Q-Learning (IDQL) fine-tuning of a whole diffusion policy, on the replay loop.
+
+See docs/algorithms.md#idql.
 
 The diffusion policy is trained by plain behaviour cloning on the buffer; improvement comes from selecting among
 its samples with the critics. Per gradient step, on a batch (s, a, r, s', terminated):

@@ -1,12 +1,12 @@
 """Building the policy of a fine-tuning or evaluation config and loading checkpoint weights into it.
 
-Which weights are loaded (reference 9.2, with two deliberate fixes):
+Which weights are loaded (docs/algorithms.md#checkpoints-and-weights, with two deliberate fixes):
 
-* From a pretraining checkpoint, every policy family loads the **EMA** weights (`ckpt["ema"]`). The reference does
-  so for diffusion but loads the non-EMA weights for Gaussian/GMM fine-tuning (quirk 7) and for evaluating a
-  pretrained diffusion policy (quirk 8); here fine-tuning and evaluation always start from the same weights.
-  A diffusion policy fine-tuning K' > 0 steps loads them through `load_base_state_dict` (frozen base + trainable
-  copy).
+* From a pretraining checkpoint, every policy family loads the **EMA** weights (`ckpt["ema"]`). DPPO does
+  so for diffusion but loads the non-EMA weights for Gaussian/GMM fine-tuning and for evaluating a pretrained
+  diffusion policy (docs/algorithms.md#d9-ema-weights-everywhere); here fine-tuning and evaluation always start
+  from the same weights. A diffusion policy fine-tuning K' > 0 steps loads them through `load_base_state_dict`
+  (frozen base + trainable copy).
 * From a fine-tuning checkpoint, the whole policy (`ckpt["model"]`: frozen base and fine-tuned copy) is loaded,
   and its `ft_denoising_steps` must equal the config's: a different K' would silently route the denoising steps to
   different networks, so it is a `ConfigError`, never a different policy.
@@ -14,7 +14,7 @@ Which weights are loaded (reference 9.2, with two deliberate fixes):
 Before any weights are loaded, the checkpoint's own config is compared with this one (dims, horizons, denoising
 steps, the policy class and every `model.network` key), and a difference is a `ConfigError` naming the key.
 
-Checkpoints written by DPPO itself (reference 9.1: the published ones that `script/dataset/download.py` fetches)
+Checkpoints written by DPPO itself (the published ones that `script/dataset/download.py` fetches)
 hold the same tensors under other names; `from_dppo_checkpoint` renames them into this toolkit's (see
 `dppo_key_map` for the rules) before the steps above, and a name it cannot place is a `ConfigError` naming it.
 """
@@ -306,7 +306,7 @@ def load_policy_weights(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# DPPO-format checkpoints (reference 9.1)
+# DPPO-format checkpoints
 #
 # DPPO saves {"epoch", "model", "ema"} (pretraining) or {"itr", "model"} (fine-tuning) with no "kind" and no
 # config. Its networks hold the same tensors as ours under other module names:
@@ -325,9 +325,10 @@ def load_policy_weights(
 #
 # The table of names is generated from the module the weights go into (`dppo_key_map`), so every option that
 # changes our flat layer indices (LayerNorm, dropout, Identity activations) is accounted for. DPPO's
-# `logvar_min`/`logvar_max` are dropped: here the std bounds always come from the config (quirk 7, see
-# model/gaussian/mlp.py). Other networks (UNet, transformers, pixel encoders) keep their names and therefore load
-# only if DPPO's names happen to be ours; otherwise the keys are reported as unmatched.
+# `logvar_min`/`logvar_max` are dropped: here the std bounds always come from the config
+# (docs/algorithms.md#d7-gaussian-std-bounds, model/gaussian/mlp.py). Other networks (UNet, transformers, pixel
+# encoders) keep their names and therefore load only if DPPO's names happen to be ours; otherwise the keys are
+# reported as unmatched.
 
 # Children renamed on the way to DPPO's names (per class of the parent module).
 _DPPO_CHILD_NAMES: dict[type, dict[str, str]] = {
@@ -488,7 +489,7 @@ def _dppo_ft_steps_hint(path: Path) -> int | None:
 
 
 def from_dppo_checkpoint(ckpt: Mapping[str, Any], policy: nn.Module, path: Path) -> dict[str, Any]:
-    """Turn a DPPO checkpoint into this toolkit's layout for `policy` (reference 9.1).
+    """Turn a DPPO checkpoint into this toolkit's layout for `policy`.
 
     * Pretraining {"epoch", "model", "ema"}: the EMA weights (`network.*`) are renamed; kind "pretrain".
     * Fine-tuning {"itr", "model"}: `network.*`, `actor_ft.*` and `eta.*` are renamed into the policy. DPPO's

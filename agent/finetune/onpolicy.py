@@ -8,15 +8,16 @@ Per training iteration:
    observation, the denoising chain, the chunk reward and the termination/truncation flags. Where an episode is
    truncated, V(final_obs) is computed right away for bootstrapping.
 3. Pixels with `train.augment`: every stored image is randomly shifted ONCE (by up to `train.augment_pad` = 4
-   pixels, reference 2.9); the values, PPO's old log-probs and all updates then see the same augmented images.
+   pixels, docs/algorithms.md#pixel-ppo); the values, PPO's old log-probs and all updates then see the same
+   augmented images.
    Bootstrap values of truncated episodes (computed during the rollout) use the raw final observations.
    Values V(s) of every stored observation, in batches of `train.logprob_batch_size`.
-4. Optional running reward scaling (reference 2.7) and the constant `train.reward_scale_const`.
+4. Optional running reward scaling (docs/algorithms.md#reward-scaling) and the constant `train.reward_scale_const`.
 5. GAE (`buffer.compute_gae`: terminated stops bootstrapping; truncated bootstraps with V(final_obs); lambda never
    crosses an episode boundary).
 6. `algorithm.update(buffer)`, which may fill `buffer.log_probs` (PPO's old log-probabilities) first.
 
-An on-policy algorithm (PPO here; RWR/AWR later) subclasses `OnPolicyAlgorithm` and implements `from_config` and
+An on-policy algorithm (PPO, RWR) subclasses `OnPolicyAlgorithm` and implements `from_config` and
 `update(buffer)`; with `critic = None` the values are 0, so GAE with lambda = 1 gives discounted returns (RWR).
 """
 

@@ -1,10 +1,12 @@
-"""PPO over the denoising chain (DPPO, reference 2.1-2.8 and 3.1), also plain PPO for Gaussian/GMM policies.
+"""PPO over the denoising chain (DPPO), also plain PPO for Gaussian/GMM policies.
+
+The mathematics: docs/algorithms.md#ppo-over-the-denoising-chain.
 
 A row of a minibatch is one (env step n, denoising step k) pair: the transition chain[n, k] -> chain[n, k+1]
 scored under the fine-tuned network. Gaussian and GMM policies have a chain of length one (k = 0, the action),
-so the same code is PPO for them (reference 4.4).
+so the same code is PPO for them (docs/algorithms.md#gaussian-and-gmm-ppo).
 
-Loss per minibatch (reference 2.4):
+Loss per minibatch (docs/algorithms.md#ppo-loss):
 
     l_new, l_old   element-wise log-probs, clamped to [-5, 2], first `reward_horizon` action steps, mean -> (B,)
     A              advantages, normalised with minibatch statistics (norm_adv), optionally quantile-clipped,
@@ -15,17 +17,17 @@ Loss per minibatch (reference 2.4):
     v_loss         0.5 mean (V - R)^2, or the clipped form with clip_vloss_coef
     loss           pg_loss + ent_coef * (-entropy) + vf_coef * v_loss + bc_loss_coeff * bc_loss
 
-Deliberate differences from the reference:
+Deliberate differences from DPPO (docs/algorithms.md#deliberate-differences-from-dppo):
 
-* K' = 1 (quirk 1): u = 0/0 gave a NaN loss; here u = 1, i.e. the single fine-tuned step is the final one and
-  gets eps = clip_ploss_coef (which is also what the reference's Gaussian PPO uses).
+* K' = 1 (D1): u = 0/0 gave a NaN loss; here u = 1, i.e. the single fine-tuned step is the final one and
+  gets eps = clip_ploss_coef (which is also what DPPO's Gaussian PPO uses).
 * The denoising discounts and clip coefficients are gathered from (K',) tables by k (no Python loop).
 * Old log-probs are stored per transition already reduced to the scalar the loss uses (mathematically identical).
 * During the critic warm-up (`n_critic_warmup_itr`) the actor is not updated, so its loss is not computed either
-  (the reference computes and discards it); the KL early stop only applies once the actor trains.
+  (DPPO computes and discards it); the KL early stop only applies once the actor trains (D16).
 * The policy is in eval mode during the update (no in-network augmentation or dropout; see `PPO.update`). Pixel
-  runs instead augment the stored images once after the rollout (`train.augment`, reference 2.9).
-* `train.grad_accumulate` = g (reference 2.9): the optimisers step on the mean gradient of g minibatches; a partial
+  runs instead augment the stored images once after the rollout (`train.augment`, D18).
+* `train.grad_accumulate` = g (D17): the optimisers step on the mean gradient of g minibatches; a partial
   group at the end of an epoch is stepped rather than carried into the next epoch (see `PPO._update`).
 * On CPU the actor's backward pass runs over row chunks of the minibatch (`train.update_chunk_rows`, see
   `PPO.backward`): the same gradient, about a third faster than one pass over 50,000 rows.
@@ -59,7 +61,8 @@ def clip_coefficients(n_steps: int, clip: float, clip_base: float, rate: float) 
     """Per-denoising-step PPO clip coefficients eps_k, k = 0 (noisiest fine-tuned step) .. K'-1 (final step).
 
     eps_k = eps_base + (eps - eps_base) * (exp(rate * u_k) - 1) / (exp(rate) - 1), u_k = k / (K' - 1).
-    With K' = 1, u = 1 (fix of reference quirk 1, which gave NaN); with rate = 0 the limit, a linear ramp.
+    With K' = 1, u = 1 (docs/algorithms.md#d1-single-step-clipping; DPPO gave NaN); with rate = 0 the limit, a
+    linear ramp.
 
     Returns:
         (K',) float32.
@@ -309,7 +312,10 @@ class PPO(OnPolicyAlgorithm):
         return reduce_log_prob(lp, self.cfg.reward_horizon)
 
     def bc_loss(self, cond: dict[str, Tensor]) -> Tensor:
-        """-mean log-prob of chains sampled from the pretrained policy, under the fine-tuned one (reference 2.4.14)."""
+        """-mean log-prob of chains sampled from the pretrained policy, under the fine-tuned one.
+
+        See docs/algorithms.md#entropy-and-bc-terms.
+        """
         with torch.no_grad():
             if self._sample_uses_base:
                 chain = self.policy.sample(cond, deterministic=False, return_chain=True, use_base_policy=True).chain
@@ -494,7 +500,7 @@ class PPO(OnPolicyAlgorithm):
             )
 
     def update(self, buffer: RolloutBuffer) -> dict[str, float]:
-        """PPO epochs over the rollout (reference 2.5.5.4 and, with `grad_accumulate`, 2.9); returns mean diagnostics.
+        """PPO epochs over the rollout (docs/algorithms.md#minibatches, #optimisation); returns mean diagnostics.
 
         The policy runs in eval mode throughout (old log-probs and every minibatch): its in-network augmentation
         (a pixel encoder's RandomShift) and dropout are off, so the ratio compares one deterministic function of
@@ -531,12 +537,13 @@ class PPO(OnPolicyAlgorithm):
     def _update(self, buffer: RolloutBuffer) -> dict[str, float]:
         """The epochs of `update`.
 
-        Gradient accumulation (g = `train.grad_accumulate`, reference 2.9): backward runs on every minibatch with
-        the loss divided by the size of its group, so a step sees the mean gradient of g minibatches (an
-        effective batch of g * batch_size rows); every g minibatches the actor is clipped and stepped, the
-        critic stepped, the gradients zeroed and the KL stop checked on the group's mean approx_kl. A partial
-        group at the end of an epoch is stepped too (deliberate fix: the reference carries its gradients into
-        the next epoch, or past the last epoch into the next iteration). g = 1 is plain PPO.
+        Gradient accumulation (g = `train.grad_accumulate`, docs/algorithms.md#optimisation): backward runs on
+        every minibatch with the loss divided by the size of its group, so a step sees the mean gradient of g
+        minibatches (an effective batch of g * batch_size rows); every g minibatches the actor is clipped and
+        stepped, the critic stepped, the gradients zeroed and the KL stop checked on the group's mean approx_kl.
+        A partial group at the end of an epoch is stepped too (a deliberate fix,
+        docs/algorithms.md#d17-gradient-accumulation: DPPO carries its gradients into the next epoch, or past the
+        last epoch into the next iteration). g = 1 is plain PPO.
         """
         c = self.cfg
         train_actor = self.iteration >= c.n_critic_warmup_itr

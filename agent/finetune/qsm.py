@@ -1,4 +1,4 @@
-"""Q-Score Matching (QSM) fine-tuning of a whole diffusion policy (reference 5.2), on the replay loop.
+"""Q-Score Matching (QSM) fine-tuning of a whole diffusion policy (docs/algorithms.md#qsm), on the replay loop.
 
 Per gradient step, on a batch (s, a, r, s', terminated) drawn uniformly from the buffer:
 
@@ -9,8 +9,9 @@ Per gradient step, on a batch (s, a, r, s', terminated) drawn uniformly from the
              L = mean (-eps_theta(x_t, t, s) - q_grad_coeff * g)^2   (steps once n_critic_warmup_itr have passed)
     target   theta' <- (1 - tau) theta' + tau theta,  tau = train.critic_tau
 
-Matching the score -eps_theta to the action gradient of Q moves the denoising direction toward higher Q. The
-reference's buffer wrote final_obs into the live observation (quirk 12); the replay loop here never does.
+Matching the score -eps_theta to the action gradient of Q moves the denoising direction toward higher Q. DPPO's
+buffer wrote final_obs into the live observation; the replay loop here never does
+(docs/algorithms.md#d12-live-observations).
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ Per training iteration:
    `algorithm.act` (IDQL picks among candidates, DIPO samples its target actor; the others sample the policy) and
    store one transition per env and chunk: (s, a[:Te], r * `train.scale_reward_factor`, s', terminated, episode
    end). s' is the env's `final_obs`, i.e. the pre-reset observation where an episode ended (the truncation
-   bootstrap). The live observation used for the next action is never overwritten (a deliberate fix of reference
-   quirk 12: QSM/IDQL wrote final_obs into it, so the first action of a new episode was chosen from the previous
-   episode's last state).
+   bootstrap). The live observation used for the next action is never overwritten (a deliberate fix,
+   docs/algorithms.md#d12-live-observations: DPPO's QSM/IDQL wrote final_obs into it, so the first action of a
+   new episode was chosen from the previous episode's last state).
 3. `algorithm.update(buffer)`: by default `int(S * E / batch_size * replay_ratio)` gradient steps, each on a batch
    drawn uniformly with replacement from the whole buffer (`ReplayAlgorithm.gradient_step`); the actor trains once
    `n_critic_warmup_itr` iterations have passed. Target networks follow by Polyak averaging.

@@ -1,9 +1,10 @@
-"""Running reward scaler of the reference (section 2.7), kept with its exact maths so runs stay comparable.
+"""Running reward scaler of DPPO, kept with its exact maths so runs stay comparable (docs/algorithms.md#reward-scaling).
 
 Rewards are divided by the running standard deviation of a per-env discounted return (no mean subtraction) and
-clipped. Three details are the reference's and are kept on purpose (quirk 4): the return's discount is the
-scaler's own gamma (0.99), not `train.gamma`; the variance update divides M2 by (n - 1), not n; and the returns
-restart where `firsts` is set (the first step of each episode) and otherwise carry over from the previous call.
+clipped. Three details are DPPO's and are kept on purpose (docs/algorithms.md#k1-reward-scaler): the return's
+discount is the scaler's own gamma (0.99), not `train.gamma`; the variance update divides M2 by (n - 1), not n;
+and the returns restart where `firsts` is set (the first step of each episode) and otherwise carry over from the
+previous call.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reward-weighted regression (RWR) fine-tuning of a whole diffusion policy (reference 5.5), on the on-policy loop.
+"""Reward-weighted regression (RWR) fine-tuning of a whole diffusion policy (docs/algorithms.md#rwr), on-policy loop.
 
 No critic and no replay: each iteration learns from the episodes that both start and finish within its rollout.
 
@@ -10,8 +10,8 @@ No critic and no replay: each iteration learns from the episodes that both start
 over `update_epochs` shuffled passes of max(1, n // batch_size) minibatches on the full-horizon chunks the policy
 sampled. The actor does not train during the first `n_critic_warmup_itr` iterations (robomimic configs: 2).
 
-Difference from the reference's episode rule (section 2.5 step 4): one-chunk episodes are kept (the reference drops
-them, which would leave nothing to learn from on tasks whose episodes are a single chunk).
+Difference from DPPO's episode rule (docs/algorithms.md#d20-rwr-one-chunk-episodes): one-chunk episodes are kept
+(DPPO drops them, which would leave nothing to learn from on tasks whose episodes are a single chunk).
 """
 
 from __future__ import annotations

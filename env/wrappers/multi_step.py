@@ -1,11 +1,13 @@
-"""Action chunking with observation history (DPPO's `multi_step` wrapper, reference section 6.2).
+"""Action chunking with observation history (DPPO's `multi_step` wrapper).
+
+See docs/algorithms.md#action-chunking.
 
 One `step(chunk)` executes the first `n_action_steps` actions of a chunk, stopping early when the episode ends,
 and returns the last `n_obs_steps` observations stacked oldest first. Differences from DPPO, on purpose:
 
-* A pure time limit is reported as `truncated=True, terminated=False`, never both (DPPO's gym path reported
-  terminated=True at gym's TimeLimit, which makes PPO treat a time-out as a terminal state). When an episode
-  terminates on the very step the time limit is reached, only `terminated` is set.
+* A pure time limit (docs/algorithms.md#d4-time-limits) is reported as `truncated=True, terminated=False`, never both
+  (DPPO's gym path reported terminated=True at gym's TimeLimit, which makes PPO treat a time-out as a terminal state).
+  When an episode terminates on the very step the time limit is reached, only `terminated` is set.
 * This wrapper never resets by itself: the vector env resets finished sub-envs in the same step (gymnasium's
   SAME_STEP autoreset) and keeps the finished episode's last observation as `final_obs`. `reset_within_step` is
   accepted for config compatibility and has no other effect.
@@ -182,8 +184,9 @@ class MultiStep(gym.Wrapper):
             if not success and info.get("success", False):
                 success = True
             if term:
-                # Fix of DPPO quirk (reference 6.2 / 10.3): a time limit is a truncation only, never a
-                # termination, and a termination on the last allowed step is reported as a termination only.
+                # Deliberate difference from DPPO (docs/algorithms.md#d4-time-limits): a time limit is a truncation
+                # only, never a termination, and a termination on the last allowed step is reported as a termination
+                # only.
                 terminated = True
                 break
             if trunc or (limit is not None and elapsed >= limit):

@@ -10,9 +10,10 @@ of the dataset formula a_norm = 2 * (a - min) / (max - min + 1e-6) - 1:
 
     a_raw = (a_norm + 1) / 2 * (action_max - action_min + 1e-6) + action_min
 
-DPPO's wrapper drops the 1e-6 here, so its round trip data -> env is off by ~1e-6 relative; we keep the exact
-inverse (a deliberate, harmless fix). Actions are *not* clipped here: the vector env clips (or rejects) normalised
-actions outside [-1, 1] before they reach the sub-envs (see `env.vector.ChunkedVectorEnv`).
+DPPO's wrapper drops the 1e-6 here, so its round trip data -> env is off by ~1e-6 relative; we keep the exact inverse (a
+deliberate, harmless fix: docs/algorithms.md#d19-action-unnormalization). Actions are *not* clipped here: the vector env
+clips (or rejects) normalised actions outside [-1, 1] before they reach the sub-envs (see
+`env.vector.ChunkedVectorEnv`).
 """
 
 from __future__ import annotations
@@ -190,8 +191,9 @@ class LowdimNormalization(NormalizedTask):
     """Task wrapper for flat Box observations (gym locomotion, kitchen, avoid).
 
     Observation: raw (Do,) -> {"state": (Do,) float32}, normalised. Action: (Da,) in [-1, 1] -> raw units.
-    Registered as `mujoco_locomotion_lowdim` and `d3il_lowdim` (DPPO's names; identical maths). Unlike DPPO's
-    D3IL wrapper, `terminated` is passed through (the avoid task ends at a collision or at the goal line).
+    Registered as `mujoco_locomotion_lowdim` and `d3il_lowdim` (DPPO's names; identical maths). Unlike DPPO's D3IL
+    wrapper, `terminated` is passed through (the avoid task ends at a collision or at the
+    goal line; docs/algorithms.md#d22-avoid-termination).
 
     Args:
         env: raw env with a Box observation space (Do,) and a Box action space (Da,).

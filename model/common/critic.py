@@ -1,4 +1,4 @@
-"""State-value and state-action-value critics on the flattened state (reference section 2.6)."""
+"""State-value and state-action-value critics on the flattened state (docs/algorithms.md#value-loss, #replay-loop)."""
 
 from __future__ import annotations
 
@@ -62,8 +62,9 @@ class CriticObs(nn.Module):
 class CriticObsAct(nn.Module):
     """Twin state-action-value function ``Q_i(s, a)`` on ``concat[state, flattened action chunk]``.
 
-    The reference misspells the flag as ``residual_tyle``, so ``residual_style`` is silently ignored there
-    (quirk 6); here it is honoured deliberately: ``residual_style=True`` builds ResidualMLP heads.
+    DPPO misspells the flag as ``residual_tyle``, so ``residual_style`` is silently ignored there
+    (docs/algorithms.md#d6-residual-q-critics); here it is honoured deliberately: ``residual_style=True`` builds
+    ResidualMLP heads.
 
     Args:
         cond_dim: flattened observation size ``To * Do``.

@@ -1,4 +1,4 @@
-"""Plain and residual multi-layer perceptrons (reference section 1.6)."""
+"""Plain and residual multi-layer perceptrons (docs/algorithms.md#denoiser-networks)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class MLP(nn.Module):
 
     Args:
         dim_list: ``[d_in, d_1, ..., d_out]``; gives ``len(dim_list) - 1`` Linear layers.
-        activation_type: activation after every hidden layer (default Tanh, as in the reference).
+        activation_type: activation after every hidden layer (default Tanh, as in DPPO).
         out_activation_type: activation after the last layer.
         use_layernorm: LayerNorm after every hidden Linear.
         use_layernorm_final: also LayerNorm after the last Linear.

@@ -1,4 +1,4 @@
-"""Transformer trunk shared by the Gaussian and GMM transformer policies (reference section 4.2).
+"""Transformer trunk shared by the Gaussian and GMM transformer policies (as in DPPO).
 
 The observation is a single memory token; the action chunk is decoded by ``Ta`` learned queries that
 cross-attend to it. The heads that turn the per-step features into means / stds / mixture logits live with

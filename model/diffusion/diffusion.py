@@ -1,6 +1,6 @@
 """Diffusion policy: epsilon-prediction pretraining loss, DDPM/DDIM sampling with chains, chain log-probs.
 
-Conventions (reference sections 1-3):
+Conventions (docs/algorithms.md#diffusion-policy):
 
 * Loop index i = 0..N-1 with N = K (DDPM) or Kd (DDIM); DDPM step i denoises at timestep t = K-1-i, DDIM
   step i at tau_i. Step i maps the current sample to the next one; the last step produces the action chunk.
@@ -36,8 +36,8 @@ from model.diffusion.schedule import (
 log = logging.getLogger(__name__)
 
 DETERMINISTIC_DDPM_STD_FLOOR = 1e-3
-"""Deterministic DDPM sampling keeps std max(std_t, 1e-3) at t > 0 (reference 2.2, quirk 15, kept on purpose
-so evaluation numbers stay comparable with DPPO's); only the final step (t = 0) is noise-free."""
+"""Deterministic DDPM sampling keeps std max(std_t, 1e-3) at t > 0 (kept on purpose so evaluation numbers stay
+comparable with DPPO's, docs/algorithms.md#k2-deterministic-ddpm-noise); only the final step (t = 0) is noise-free."""
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -322,7 +322,9 @@ class DiffusionModel(nn.Module):
             self.actor_ft.load_state_dict(self.network.state_dict())
 
     def loss(self, actions: Tensor, cond: dict[str, Tensor]) -> Tensor:
-        """Behaviour-cloning loss: MSE between the predicted and the true noise (or x0), reference 1.2.
+        """Behaviour-cloning loss: MSE between the predicted and the true noise (or x0).
+
+        See docs/algorithms.md#denoising-loss.
 
         Trains ``trainable_network`` (``network`` when K' = 0, i.e. in pretraining).
 
@@ -352,11 +354,11 @@ class DiffusionModel(nn.Module):
     ) -> Sample:
         """Run the reverse process from x ~ N(0, I).
 
-        Noise (reference 2.2): stochastic DDPM uses std = max(std_t, min_sampling_denoising_std) at every
-        step; stochastic DDIM uses std = max(sigma_i(eta), min_sampling_denoising_std); deterministic DDPM
-        uses 0 at t = 0 and max(std_t, 1e-3) elsewhere (a kept reference quirk); deterministic DDIM uses
-        eta = 0 and no noise. The per-step noise z is clamped to +-randn_clip_value. Not decorated with
-        no_grad (DQL back-propagates through samples).
+        Noise (docs/algorithms.md#sampling-noise): stochastic DDPM uses std = max(std_t, min_sampling_denoising_std) at
+        every step; stochastic DDIM uses std = max(sigma_i(eta), min_sampling_denoising_std); deterministic DDPM uses 0
+        at t = 0 and max(std_t, 1e-3) elsewhere (kept from DPPO, K2 there); deterministic DDIM uses eta = 0 and no
+        noise. The per-step noise z is clamped to +-randn_clip_value. Not decorated with no_grad (DQL back-propagates
+        through samples).
 
         Args:
             cond: observation dict, ``state`` ``(B, To, Do)``.
@@ -428,7 +430,9 @@ class DiffusionModel(nn.Module):
         return Sample(actions=x, chain=torch.stack(chain, dim=1) if return_chain else None)
 
     def chain_log_prob(self, cond: dict[str, Tensor], chain: Tensor, step: Tensor | None = None) -> Tensor:
-        """Element-wise log-density of fine-tuned transitions under ``trainable_network`` (reference 2.3).
+        """Element-wise log-density of fine-tuned transitions under ``trainable_network``.
+
+        See docs/algorithms.md#chain-log-probabilities.
 
         ``log N(chain[:, k+1]; mu_k(chain[:, k]), max(std_k, min_logprob_denoising_std))``, where mu/std come
         from the stochastic reverse step k (DDIM: eta from the eta module). All K' transitions go through the
@@ -475,9 +479,9 @@ class DiffusionModel(nn.Module):
         return -0.5 * ((x_next - mean) / std).square() - std.log() - _HALF_LOG_2PI
 
     def entropy(self, cond: dict[str, Tensor]) -> Tensor | None:
-        """The reference's stand-in for entropy under DDIM with a learned eta: mean eta per row ``(B,)``.
+        """DPPO's stand-in for entropy under DDIM with a learned eta: mean eta per row ``(B,)``.
 
-        Returns None otherwise (the reference's value there is a constant with no gradient).
+        Returns None otherwise (DPPO's value there is a constant with no gradient).
         """
         if not (self.use_ddim and self.learn_eta):
             return None

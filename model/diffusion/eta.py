@@ -1,4 +1,4 @@
-"""DDIM eta modules (reference 3.2): eta in [min_eta, max_eta] scales the DDIM noise sigma_i(eta).
+"""DDIM eta modules (docs/algorithms.md#eta-modules): eta in [min_eta, max_eta] scales the DDIM noise sigma_i(eta).
 
 Every module maps the observation dict to ``(B, 1)`` (one eta per sample) or ``(B, Da)`` (one per action dim).
 The constructors accept the keys DPPO configs pass to every eta class (``input_dim``, ``mlp_dims``,
@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from model.common.mlp import MLP
 
-# Keep atanh finite: a base eta on a bound would otherwise give an infinite logit (reference quirk 10).
+# Keep atanh finite: a base eta on a bound would otherwise give an infinite logit
+# (docs/algorithms.md#d10-differentiable-eta).
 _ATANH_LIMIT = 1.0 - 1e-6
 
 
@@ -35,7 +36,8 @@ def _eta_logit(base_eta: float, min_eta: float, max_eta: float) -> float:
 class EtaFixed(nn.Module):
     """One scalar eta = ``min + (max - min) (tanh(l) + 1) / 2`` shared by all samples.
 
-    Fixes reference quirk 10: the output is differentiable in the logit (the reference used ``.item()``), and
+    Deliberately differs from DPPO (docs/algorithms.md#d10-differentiable-eta): the output is differentiable in the
+    logit (DPPO used ``.item()``), and
     ``base_eta == max_eta`` (the configs' choice) gives a finite logit, i.e. eta = max_eta up to ~1e-6
     relative, instead of ``atanh(1) = +inf``.
 

@@ -1,4 +1,4 @@
-"""MLP denoiser for state-based diffusion policies (reference 1.6, DiffusionMLP)."""
+"""MLP denoiser for state-based diffusion policies (DPPO's DiffusionMLP; docs/algorithms.md#denoiser-networks)."""
 
 from __future__ import annotations
 

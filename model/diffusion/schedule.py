@@ -1,4 +1,4 @@
-"""Noise schedules and the constants derived from them (reference sections 1.1 and 1.5).
+"""Noise schedules and the constants derived from them (docs/algorithms.md#noise-schedule, #ddim).
 
 Timestep convention: index t in {0, ..., K-1}; the denoiser call at index t maps x_{t+1} -> x_t, x_K ~ N(0, I)
 and x_0 is the action chunk.
@@ -17,14 +17,14 @@ LOGVAR_CLAMP = 1e-20
 """Posterior variances are clamped at this value before the log (beta_tilde_0 = 0 -> std 1e-10)."""
 
 DDIM_SIGMA_FLOOR = 1e-10
-"""DDIM sigma floor of the reference (keeps log(sigma^2) finite)."""
+"""DDIM sigma floor of DPPO (keeps log(sigma^2) finite)."""
 
 
 def cosine_beta_schedule(denoising_steps: int, s: float = 0.008) -> Tensor:
     """Cosine schedule of Nichol & Dhariwal in the Diffuser variant, computed in float64, returned as float32.
 
     ``alpha_bar(i) = cos^2(((i / K) + s) / (1 + s) * pi / 2)`` normalised by ``alpha_bar(0)``, for i = 0..K
-    (the reference builds the grid as ``linspace(0, K + 1, K + 1) / (K + 1)``, which equals i / K);
+    (DPPO builds the grid as ``linspace(0, K + 1, K + 1) / (K + 1)``, which equals i / K);
     ``beta_t = clip(1 - alpha_bar(t + 1) / alpha_bar(t), 0, 0.999)``.
 
     Args:
@@ -45,7 +45,7 @@ def cosine_beta_schedule(denoising_steps: int, s: float = 0.008) -> Tensor:
 
 
 class DDPMConstants(NamedTuple):
-    """Per-timestep DDPM constants, all ``(K,)`` float32 tensors indexed by t (reference 1.1, Appendix A)."""
+    """Per-timestep DDPM constants, all ``(K,)`` float32 tensors indexed by t (docs/algorithms.md#noise-schedule)."""
 
     betas: Tensor
     alphas: Tensor
@@ -63,7 +63,7 @@ class DDPMConstants(NamedTuple):
 
 
 def ddpm_constants(betas: Tensor) -> DDPMConstants:
-    """Derive the DDPM constants from float32 betas, in float32 like the reference.
+    """Derive the DDPM constants from float32 betas, in float32 like DPPO.
 
     Args:
         betas: ``(K,)`` float32.
@@ -139,7 +139,7 @@ def ddim_constants(alphas_cumprod: Tensor, timesteps: Tensor) -> DDIMConstants:
 
 
 def ddim_sigma(ddim: DDIMConstants, eta: float | Tensor) -> Tensor:
-    """sigma_i(eta) = max(eta * sigma_unit_i, 1e-10) (reference 1.5 step 4).
+    """sigma_i(eta) = max(eta * sigma_unit_i, 1e-10) (docs/algorithms.md#ddim).
 
     Args:
         ddim: DDIM constants.

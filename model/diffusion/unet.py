@@ -1,4 +1,6 @@
-"""1-D temporal conditional UNet denoiser in the Diffusion-Policy style (reference 1.6, Unet1D).
+"""1-D temporal conditional UNet denoiser in the Diffusion-Policy style (DPPO's Unet1D).
+
+See docs/algorithms.md#denoiser-networks.
 
 Channels run along the action dimension and the convolution runs along the horizon Ta. The global condition
 ``g = [time feature, state]`` modulates every residual block through FiLM.
@@ -200,7 +202,8 @@ class Unet1D(nn.Module):
         mid = dims[-1]
         self.mid_modules = nn.ModuleList([res(mid, mid), res(mid, mid)])
 
-        # Every up level upsamples. As in the reference, the first down level's skip is never used.
+        # Every up level upsamples. As in DPPO, the first down level's skip is never used
+        # (docs/algorithms.md#k5-unet-skip-connection).
         self.up_modules = nn.ModuleList()
         for c_in, c_out in reversed(in_out[1:]):
             self.up_modules.append(

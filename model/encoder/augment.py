@@ -1,12 +1,11 @@
-"""Image augmentations for pixel policies: random shift and random crop (reference 1.6, RandomShiftsAug).
+"""Image augmentations for pixel policies: random shift and random crop (DPPO's RandomShiftsAug).
 
-Both are ``nn.Module``s that randomise only in training mode (``module.training``). In evaluation mode the shift
-is the identity and the crop is a centre crop. This is a deliberate fix of the reference, whose
-``RandomShiftsAug`` is a plain callable that also jitters every evaluation and rollout step when ``augment`` is
-set.
+Both are ``nn.Module``s that randomise only in training mode (``module.training``). In evaluation mode the shift is the
+identity and the crop is a centre crop. This is a deliberate fix (docs/algorithms.md#d18-augmentation) of DPPO, whose
+``RandomShiftsAug`` is a plain callable that also jitters every evaluation and rollout step when ``augment`` is set.
 
 Both work on any dtype (uint8 or float) because they only gather pixels: an integer shift of a replicate-padded
-image is exactly a crop of it, so the reference's bilinear ``grid_sample`` at integer offsets is replaced by an
+image is exactly a crop of it, so DPPO's bilinear ``grid_sample`` at integer offsets is replaced by an
 index gather with the same result and no interpolation error.
 """
 
@@ -47,7 +46,7 @@ def random_shift(images: Tensor, pad: int, generator: torch.Generator | None = N
     """Replicate-pad by ``pad`` and crop back to the original size at a random integer offset per image.
 
     Equivalent to shifting each image by an independent integer in ``[-pad, pad]`` along each axis, with the
-    border pixels repeated. Useful on its own to augment a stored rollout batch once (reference 2.9).
+    border pixels repeated. Useful on its own to augment a stored rollout batch once (docs/algorithms.md#pixel-ppo).
 
     Args:
         images: ``(N, C, H, W)`` float (replicate padding needs a floating dtype on CPU).

@@ -1,4 +1,4 @@
-"""Small ViT image encoder with SpatialEmb compression (reference 1.6, the IBRL-style encoder DPPO uses).
+"""Small ViT image encoder with SpatialEmb compression (the IBRL-style encoder DPPO uses).
 
 Trunk: convolutional patch embedding -> learned positional embedding -> ``depth`` pre-LayerNorm transformer layers
 -> final LayerNorm, giving ``(N, P, D)`` patch features. Each camera then has its own compressor: SpatialEmb (the

@@ -1,4 +1,6 @@
-"""MLP network of the diagonal-Gaussian policy, plus std helpers shared with the GMM nets (reference 4.2)."""
+"""MLP network of the diagonal-Gaussian policy, plus std helpers shared with the GMM nets.
+
+See docs/algorithms.md#gaussian-and-gmm-policies."""
 
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from model.common.mlp import MLP, ResidualMLP
 def logvar_bounds(std_min: float, std_max: float) -> tuple[float, float]:
     """Return ``(log std_min^2, log std_max^2)`` after checking ``0 < std_min <= std_max``.
 
-    The bounds are plain Python floats on purpose (a deliberate fix of reference quirk 7): the reference keeps
-    them as non-trainable ``nn.Parameter``s, so loading a pre-training checkpoint silently replaced the
+    The bounds are plain Python floats on purpose (a deliberate fix, docs/algorithms.md#d7-gaussian-std-bounds): DPPO
+    keeps them as non-trainable ``nn.Parameter``s, so loading a pre-training checkpoint silently replaced the
     fine-tuning config's ``std_max`` with the pre-training one. Here the constructor arguments always win.
     """
     if not 0.0 < std_min <= std_max:

@@ -1,4 +1,7 @@
-"""Diagonal-Gaussian action-chunk policy (reference 4.1): a chain of length one for PPO."""
+"""Diagonal-Gaussian action-chunk policy: a chain of length one for PPO.
+
+See docs/algorithms.md#gaussian-and-gmm-policies.
+"""
 
 from __future__ import annotations
 

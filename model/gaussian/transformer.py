@@ -1,4 +1,4 @@
-"""Transformer network of the diagonal-Gaussian policy (reference 4.2, Gaussian_Transformer)."""
+"""Transformer network of the diagonal-Gaussian policy (DPPO's Gaussian_Transformer)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class GaussianTransformer(nn.Module):
 
     Std modes as in :class:`model.gaussian.mlp.GaussianMLP`, except that the state-dependent log-variance is a
     second ``Da``-wide slice of the per-step head output, clamped to ``[log std_min^2, log std_max^2]`` as in
-    the reference.
+    DPPO.
 
     Args:
         action_dim: ``Da``.

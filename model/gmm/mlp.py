@@ -1,4 +1,4 @@
-"""MLP network of the Gaussian-mixture policy (reference 4.3, GMM_MLP)."""
+"""MLP network of the Gaussian-mixture policy (DPPO's GMM_MLP)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ class GMMMLP(nn.Module):
       over the horizon
     * mixture logits: ``(Residual)MLP([cond_dim] + mlp_dims + [M])``
 
-    The reference clamps the state-dependent log-variance. A clamp starts every mode at ``std_max`` with no
-    gradient above it, and on a two-mode 1-d toy problem half the seeds collapsed to one broad mode; the
-    tanh-rescaling used by the Gaussian MLP fits both modes on every seed tried, so it is used here on purpose.
+    DPPO clamps the state-dependent log-variance (docs/algorithms.md#d21-gmm-std-heads). A clamp starts every mode at
+    ``std_max`` with no gradient above it, and on a two-mode 1-d toy problem half the seeds collapsed to one broad mode;
+    the tanh-rescaling used by the Gaussian MLP fits both modes on every seed tried, so it is used here on purpose.
 
     Args:
         action_dim: ``Da``.

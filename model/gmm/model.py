@@ -1,4 +1,7 @@
-"""Gaussian-mixture action-chunk policy (reference 4.3): a chain of length one for PPO."""
+"""Gaussian-mixture action-chunk policy: a chain of length one for PPO.
+
+See docs/algorithms.md#gaussian-and-gmm-policies.
+"""
 
 from __future__ import annotations
 
@@ -79,8 +82,9 @@ class GMMModel(nn.Module):
 
         Args:
             cond: observation dict with batch size B.
-            deterministic: return the mean of the most likely mode. The reference still samples the mode here
-                (quirk 15); taking the arg-max is a deliberate fix so evaluation is repeatable.
+            deterministic: return the mean of the most likely mode. DPPO still samples the mode here
+                (docs/algorithms.md#d15-deterministic-gmm); taking the arg-max is a deliberate fix so evaluation is
+                repeatable.
             return_chain: also return the chain ``(B, 2, Ta, Da)``: a zero dummy start and the action.
 
         Returns:
@@ -105,9 +109,9 @@ class GMMModel(nn.Module):
         """Per-element share of the joint mixture log-density of ``chain[:, 1]``.
 
         The joint density is divided by ``Ta * Da`` and broadcast over the chunk, so that summing over the
-        chunk recovers it and averaging gives the per-dim value that PPO compares with its clamp. The
-        reference clamps the joint value directly and saturates the clamp (quirk 7); this scaling is a
-        deliberate fix.
+        chunk recovers it and averaging gives the per-dim value that PPO compares with its clamp. DPPO
+        clamps the joint value directly and saturates the clamp; this scaling is a deliberate fix
+        (docs/algorithms.md#d8-gmm-log-probabilities).
 
         Args:
             cond: observation dict with batch size B.

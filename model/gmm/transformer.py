@@ -1,4 +1,4 @@
-"""Transformer network of the Gaussian-mixture policy (reference 4.3, GMM_Transformer)."""
+"""Transformer network of the Gaussian-mixture policy (DPPO's GMM_Transformer)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ class GMMTransformer(nn.Module):
     Each decoded step ``(B, Ta, n)`` goes through one Linear head giving ``M * Da`` means (tanh) and, for a
     state-dependent std, another ``M * Da`` log-variances (clamped to ``[log std_min^2, log std_max^2]``);
     both are reordered ``(B, Ta, M, Da) -> (B, M, Ta * Da)``. The mixture logits come from
-    ``Linear(Ta * n, M)`` on all the decoded features. The reference slices the log-variances as
+    ``Linear(Ta * n, M)`` on all the decoded features. DPPO slices the log-variances as
     ``[M * Da : -M]``, which has the wrong width (its configs never use that path); here the head has exactly
-    ``2 M Da`` outputs and the second half is the log-variance, a deliberate fix.
+    ``2 M Da`` outputs and the second half is the log-variance, a deliberate fix (docs/algorithms.md#d21-gmm-std-heads).
 
     Args:
         action_dim: ``Da``.

@@ -15,7 +15,7 @@ Measures, with the real `cfg/gym/finetune/hopper-v2/ft_ppo_diffusion_mlp` config
   on minibatches of `--batch` rows (50,000, the paper's);
 * one full iteration at the paper's settings (500 steps per env, 200,000 rows, 5 epochs = 20 minibatches):
   extrapolated from the measured rates, or measured with `--full`;
-* with `--emulate-reference`, the same three measurements with the reference's known extra work (Appendix C: the
+* with `--emulate-reference`, the same three measurements with the reference's known extra work (the
   frozen net also run on fine-tuned steps, two actor passes per scored row, a critic pass per row, a Python loop
   over the minibatch) added on top of this code and timed in the same interleaved rounds, for a same-machine
   comparison when the reference's figures come from another (or an idle) machine.
@@ -109,7 +109,7 @@ def main() -> None:
         cfg_plain.env.pipeline = False
         pipelined_env, env = env, make_env(cfg_plain, agent.logdir, None, agent.seed)
 
-        # Same-machine comparison with the reference's known non-mathematical costs (reference Appendix C),
+        # Same-machine comparison with the reference's known non-mathematical costs,
         # emulated on top of this repo's code and timed in the same rounds: sampling runs the frozen net as well on
         # the K' fine-tuned steps (30 passes instead of 20); scoring runs the frozen net too (two actor passes per
         # row); the update also evaluates the critic once per row and builds the denoising discounts with a Python

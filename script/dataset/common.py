@@ -1,14 +1,15 @@
 """Shared helpers of the dataset scripts: paths, [-1, 1] normalisation, train/val split, atomic npz writing.
 
-Every converter and generator goes through `write_dataset`, so all datasets share one format (reference 7.1):
+Every converter and generator goes through `write_dataset`, so all datasets share one format
+(docs/algorithms.md#dataset-files):
 
 - `train.npz` (and `val.npz` when a validation split is asked for): `states` (N, Do) float32 and `actions`
   (N, Da) float32 normalised to [-1, 1], `traj_lengths` (n_traj,) int64, `rewards` (N,) float32, `terminals`
   (N,) bool, optionally `images` (N, C, H, W) uint8.
 - `normalization.npz`: `obs_min`, `obs_max`, `action_min`, `action_max`, each (D,) float32.
 
-Normalisation follows reference 7.3: x' = 2 (x - min) / (max - min + 1e-6) - 1, so a constant dimension maps
-to -1.
+Normalisation (docs/algorithms.md#normalization): x' = 2 (x - min) / (max - min + 1e-6) - 1, so a constant dimension
+maps to -1.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "DPPO_DATA_DIR"
 LOG_DIR_ENV = "DPPO_LOG_DIR"
-NORM_EPS = 1e-6  # reference 7.3: the denominator is (max - min + 1e-6)
+NORM_EPS = 1e-6  # as in DPPO's dataset scripts: the denominator is (max - min + 1e-6)
 
 
 def data_dir(override: str | os.PathLike | None = None) -> Path:
@@ -94,7 +95,7 @@ def min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def normalize(x: np.ndarray, xmin: np.ndarray, xmax: np.ndarray) -> np.ndarray:
-    """Map x (..., D) to [-1, 1]: 2 (x - min) / (max - min + 1e-6) - 1 (reference 7.3); float32 out.
+    """Map x (..., D) to [-1, 1]: 2 (x - min) / (max - min + 1e-6) - 1; float32 out.
 
     x is rounded to float32 first, like the float32 statistics, so the data's own min/max map into [-1, 1].
     """

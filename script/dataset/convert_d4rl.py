@@ -1,4 +1,4 @@
-"""Convert a D4RL-style dataset dictionary to the toolkit's `train.npz` + `normalization.npz` (reference 7.3).
+"""Convert a D4RL-style dataset dictionary to the toolkit's `train.npz` + `normalization.npz`.
 
 Input: a `.npz`, `.pkl` or `.hdf5` file holding `observations` (N, Do), `actions` (N, Da), `rewards` (N,),
 `terminals` (N,) and `timeouts` (N,) - what `d4rl`'s `env.get_dataset()` returns, or D4RL's own hdf5 files.
@@ -6,11 +6,12 @@ Input: a `.npz`, `.pkl` or `.hdf5` file holding `observations` (N, Do), `actions
     python script/dataset/convert_d4rl.py --input hopper_medium-v2.hdf5 --task hopper-medium-v2
     python script/dataset/convert_d4rl.py --input kitchen.pkl --task kitchen-complete-v0 --val-split 0.1
 
-Rules (reference 7.3): trajectory ends are the sorted union of terminal and timeout indices and the tail after
-the last end is dropped; normalisation statistics are the min/max over the *whole* dataset (before any
-filtering); `--max-episodes` keeps the first episodes; trajectories with total reward <= 0 are skipped (turn
-off with `--keep-nonpositive-reward`). Deliberate difference: the train/val split is drawn after the reward
-filter, so `--val-split` is the validation fraction of the trajectories actually written.
+Rules (DPPO's, docs/algorithms.md#converters): trajectory ends are the sorted union of terminal and timeout indices and
+the tail after the last end is dropped; normalisation statistics are the min/max over the *whole* dataset (before any
+filtering); `--max-episodes` keeps the first episodes; trajectories with total reward <= 0 are skipped (turn off with
+`--keep-nonpositive-reward`). Deliberate difference: the train/val split is drawn after the reward filter
+(docs/algorithms.md#d23-dataset-split), so `--val-split` is the validation fraction of the trajectories actually
+written.
 
 A `.pkl` file is read by an unpickler that builds only dicts and numpy arrays, so reading it cannot run code; a file
 that needs anything else is refused with one line, and `--allow-pickle` reads it with full unpickling (only for
@@ -189,7 +190,7 @@ def convert_d4rl(
     terminals = np.asarray(data["terminals"]).reshape(-1).astype(bool)
     timeouts = np.asarray(data.get("timeouts", np.zeros(len(obs), bool))).reshape(-1).astype(bool)
     check_d4rl_arrays(data, "the D4RL dictionary")
-    stats = NormStats.from_data(obs, actions)  # whole dataset, before any filtering (reference 7.3)
+    stats = NormStats.from_data(obs, actions)  # whole dataset, before any filtering (as DPPO)
     lengths = episode_lengths(terminals, timeouts)
     n_used = int(lengths.sum())
     if n_used < len(obs):

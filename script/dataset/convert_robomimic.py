@@ -1,5 +1,5 @@
-"""Convert a robomimic hdf5 file to the toolkit's `train.npz` + `normalization.npz` (reference 7.4), with
-images.
+"""Convert a robomimic hdf5 file to the toolkit's `train.npz` + `normalization.npz`, with
+images (docs/algorithms.md#converters).
 
 Input layout (robomimic): `data/demo_<i>/{obs/<key>, actions, rewards, dones, states}`,
 `data.attrs["env_args"]`.
@@ -11,7 +11,7 @@ Input layout (robomimic): `data/demo_<i>/{obs/<key>, actions, rewards, dones, st
         --cameras robot0_eye_in_hand --image-size 96
 
 Low-dim keys default to robot0_eef_pos, robot0_eef_quat, robot0_gripper_qpos (and the robot1_* keys when the
-file has them), plus `object` unless cameras are given (reference 7.4); `--low-dim-keys` overrides them (order
+file has them), plus `object` unless cameras are given (as DPPO); `--low-dim-keys` overrides them (order
 kept). Images are stored HWC uint8 in the hdf5 (`obs/<camera>_image`) and written CHW uint8, cameras
 concatenated along channels in the given order, resized (area / bilinear) when their size differs from
 `--image-size`. Statistics are the min/max over all kept demos; terminals are all False (robomimic episodes
@@ -211,7 +211,7 @@ def convert_robomimic(
         data["actions"],
         data["traj_lengths"],
         rewards=data["rewards"],
-        terminals=None,  # robomimic envs never terminate (reference 6.4 / 7.4)
+        terminals=None,  # robomimic envs never terminate (docs/algorithms.md#suites)
         images=data.get("images"),
         val_split=val_split,
         seed=seed,

@@ -14,7 +14,7 @@ in the medium return band, and record its (stochastic) rollouts.
    units), like D4RL's SAC behaviour policies whose learned noise is small; PPO's own exploration std (0.3-0.5
    while it learns) would put the recorded returns far below the band the deterministic evaluation reached.
    `--record-std -1` samples the PPO policy itself. The recorded mean return is checked against the band.
-3. `train.npz` + `normalization.npz` go to `$DPPO_DATA_DIR/gym/<task>/` (format of reference 7.1/7.3), with
+3. `train.npz` + `normalization.npz` go to `$DPPO_DATA_DIR/gym/<task>/` (docs/algorithms.md#dataset-files), with
    `rewards`, `terminals` and `episode_returns.npy` beside them; the behaviour policy's run folder is
    `$DPPO_LOG_DIR/gym-behaviour/<task>/` (its checkpoint of the stopping iteration in `behaviour/checkpoint/`).
 """

@@ -8,7 +8,7 @@ Writes a robomimic hdf5 (`data/demo_<i>/{obs/<key>, actions, rewards, dones, sta
     python script/dataset/generate_robomimic.py --task can --num-episodes 200 --cameras robot0_eye_in_hand
 
 Outputs (data dir = $DPPO_DATA_DIR or data/): `<data>/robomimic/<task>/demos.hdf5`, `<data>/robomimic/<task>/
-{train,normalization}.npz` (low-dim, reference 7.4 keys) and, with `--cameras`, `<data>/robomimic/<task>-img/`
+{train,normalization}.npz` (low-dim, DPPO's keys) and, with `--cameras`, `<data>/robomimic/<task>-img/`
 (proprioception + images). Control matches the env_meta: OSC_POSE delta, control_freq 20, +-0.05 m / +-0.5
 rad. Only successful episodes are recorded unless `--keep-failures` is given. Images are rendered by replaying
 each recorded episode's MuJoCo states and are stored upright, HWC uint8, under `obs/<camera>_image`
@@ -42,9 +42,9 @@ from script.dataset.scripted_robomimic import POLICIES, EpisodeLog, ScriptedPoli
 log = logging.getLogger("generate_robomimic")
 
 TASKS = ("lift", "can", "square")
-# Recorded demos must fit the fine-tuning horizon (max_episode_steps lift/can 300, square 400; reference 6.4).
+# Recorded demos must fit the fine-tuning horizon (max_episode_steps lift/can 300, square 400).
 MAX_DEMO_STEPS = {"lift": 200, "can": 280, "square": 380}
-# Pixel datasets use one camera per task (reference 6.4): eye-in-hand for lift/can, agentview for square.
+# Pixel datasets use one camera per task (as DPPO's): eye-in-hand for lift/can, agentview for square.
 DEFAULT_CAMERAS = {"lift": ["robot0_eye_in_hand"], "can": ["robot0_eye_in_hand"], "square": ["agentview"]}
 
 

@@ -1,5 +1,5 @@
-"""Every diffusion-baseline config (DQL, QSM, DIPO, IDQL, RWR, AWR) exists under DPPO's name, carries the reference's
-values (sections 5 and 8.5), matches its pretraining config, rejects impossible settings with one clear line, and
+"""Every diffusion-baseline config (DQL, QSM, DIPO, IDQL, RWR, AWR) exists under DPPO's name, carries DPPO's
+values, matches its pretraining config, rejects impossible settings with one clear line, and
 runs two tiny iterations on CPU from a generated pretraining checkpoint (robomimic: slow, robosuite envs take
 seconds to build). Suites whose extra is not installed are skipped."""
 
@@ -62,7 +62,7 @@ def test_every_dppo_baseline_config_exists():
     assert not missing, missing
 
 
-# Reference section 5 ("Hopper configs" and 5.1-5.6); buffer sizes count transitions (DPPO's per-step entries x 40).
+# DPPO's hopper values; buffer sizes count transitions (DPPO's per-step entries x 40).
 HOPPER_TRAIN = {
     "dql": {
         "buffer_size": 1_000_000,
@@ -121,7 +121,7 @@ def test_hopper_baseline_values_are_the_reference_ones(algo: str):
         if key in cfg.model:
             critic = cfg.model[key]
             assert (list(critic.mlp_dims), critic.activation_type) == ([256] * 3, "Mish")
-            if critic._target_.endswith("CriticObsAct"):  # the reference's was a plain MLP (quirk 6)
+            if critic._target_.endswith("CriticObsAct"):  # DPPO's was a plain MLP (docs/algorithms.md, D6)
                 assert critic.action_steps == 4 and critic.residual_style is False
 
 

@@ -224,7 +224,7 @@ def test_cli_finetune_error_is_one_line(tmp_path: Path):
 
 
 def test_ddim_finetuning_with_a_learned_eta_from_the_config(base: Path):
-    """DDIM fine-tuning (reference 3.1-3.2) through config keys: all Kd = K' = 5 DDIM steps, EtaFixed learned."""
+    """DDIM fine-tuning (docs/algorithms.md#ddim) through config keys: all Kd = K' = 5 DDIM steps, EtaFixed learned."""
     from agent.finetune.ppo import PPOAgent
 
     eta = "+model.eta={_target_:model.diffusion.eta.EtaFixed,base_eta:0.5,min_eta:0.1,max_eta:1.0}"

@@ -135,7 +135,7 @@ def test_per_sample_diffusion_loss_averages_to_the_policy_loss():
     [("dql", 320), ("qsm", 320), ("dipo", 1280), ("idql", 2560), ("awr", 1280)],
 )
 def test_gradient_steps_per_iteration_match_the_reference(algo: str, steps: int):
-    """num_batch = int(S * E / batch * replay_ratio) with the hopper values of reference section 5."""
+    """num_batch = int(S * E / batch * replay_ratio) with DPPO's hopper values."""
     cfg = compose(CFG_ROOT / "gym/finetune/hopper-v2", f"ft_{algo}_diffusion_mlp", ["wandb=null"])
     assert ReplayConfig.n_gradient_steps(cfg) == steps
     if algo == "awr":
@@ -166,7 +166,7 @@ class LinearV(nn.Module):
 
 
 def test_awr_td_lambda_targets_by_hand():
-    """Config gamma (not 0.99), V of the stored next obs, lambda-accumulation cut at episode ends (quirk 11 fix)."""
+    """Config gamma (not 0.99), V of the stored next obs, lambda cut at episode ends (docs/algorithms.md, D11)."""
     gamma, lam, alpha = 0.5, 0.8, 0.9
     buf = ReplayBuffer(3, 1, {"state": ((1, 1), torch.float32)}, (TA, 1))
     s = [1.0, 2.0, 3.0]
@@ -417,7 +417,7 @@ def test_idql_selects_the_best_candidate_or_samples_by_expectile_weights():
 def test_replay_loop_stores_final_obs_as_next_state_and_keeps_the_live_obs(tmp_dirs: Path):
     """Episodes of 10 env steps cut at 4 (two chunks) on the bandit, whose state is constant within an episode:
     every stored s' equals its s (the final obs where the episode was truncated), and the step after a truncation
-    starts from the new episode's state (reference quirk 12 wrote final_obs into the live obs instead)."""
+    starts from the new episode's state (DPPO wrote final_obs into the live obs instead: docs/algorithms.md, D12)."""
     from agent.finetune.dql import DQLAgent
     from tests.unit.test_baselines_bandit import baseline_config, pretrained_base
 

@@ -1,4 +1,7 @@
-"""Rollout buffer, GAE (termination vs truncation, hand-computed) and the running reward scaler (reference 2.7)."""
+"""Rollout buffer, GAE (termination vs truncation, hand-computed) and the running reward scaler.
+
+See docs/algorithms.md#gae and #reward-scaling.
+"""
 
 from __future__ import annotations
 

@@ -72,7 +72,8 @@ def test_critic_obs_act_shapes_and_inputs() -> None:
 
 
 def test_critic_obs_act_residual_style_changes_architecture() -> None:
-    """Reference quirk 6 (``residual_tyle`` typo) fixed: residual_style builds residual heads."""
+    """DPPO's ``residual_tyle`` typo fixed (docs/algorithms.md#d6-residual-q-critics): residual_style builds residual
+    heads."""
     torch.manual_seed(0)
     plain = CriticObsAct(COND_DIM, [16, 16, 16], action_dim=DA, action_steps=1)
     torch.manual_seed(0)

@@ -267,7 +267,7 @@ def test_convert_robomimic_synthetic_lowdim_and_images(tmp_path: Path) -> None:
         max_episodes=2,
     )
     img = np.load(tmp_path / "img" / "train.npz")
-    assert s.obs_dim == 9  # no object state with cameras (reference 7.4)
+    assert s.obs_dim == 9  # no object state with cameras (docs/algorithms.md#converters)
     assert img["images"].shape == (8, 6, 4, 4) and img["images"].dtype == np.uint8
     np.testing.assert_array_equal(img["traj_lengths"], [5, 3])
     # channels 3..5 are the eye-in-hand camera, whose pixels hold the demo number
@@ -337,7 +337,7 @@ def test_convert_scripted_lift(lift_hdf5: Path, tmp_path: Path, monkeypatch: pyt
     val = np.load(tmp_path / "robomimic" / "lift" / "val.npz")
     norm = np.load(tmp_path / "robomimic" / "lift" / "normalization.npz")
     assert (s.n_train_traj, s.n_val_traj) == (1, 1)
-    assert train["states"].shape[1] == 19 and train["actions"].shape[1] == 7  # lift Do = 19 (reference 6.4)
+    assert train["states"].shape[1] == 19 and train["actions"].shape[1] == 7  # lift Do = 19 (docs/algorithms.md)
     for arr in (train["states"], train["actions"], val["states"], val["actions"]):
         assert arr.dtype == np.float32 and arr.min() >= -1.0 and arr.max() <= 1.0
     both = np.concatenate([train["states"], val["states"]])

@@ -430,7 +430,7 @@ def test_learned_eta_gets_gradients(eta_cls: type) -> None:
 
 
 def test_eta_fixed_on_the_bound_is_finite() -> None:
-    """Reference quirk 10 fixed: base_eta == max_eta gives a finite logit and a differentiable eta ~ max."""
+    """base_eta == max_eta gives a finite, differentiable eta ~ max (docs/algorithms.md#d10-differentiable-eta)."""
     eta = EtaFixed(base_eta=1.0, min_eta=0.1, max_eta=1.0)
     assert math.isfinite(eta.eta_logit.item())
     value = eta(make_cond(3))

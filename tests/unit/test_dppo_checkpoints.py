@@ -1,4 +1,4 @@
-"""Checkpoints written by DPPO itself (reference 9.1) load into this toolkit's policies.
+"""Checkpoints written by DPPO itself load into this toolkit's policies.
 
 The DPPO-format state dicts are synthetic: our own model's keys renamed into DPPO's names by rules written here
 from the reference (independently of `dppo_key_map`), filled with random tensors, so each test checks that the
@@ -174,7 +174,7 @@ def test_dppo_diffusion_pretrain_checkpoint_for_finetuning_and_eval(variant: str
 def test_dppo_gaussian_pretrain_checkpoint(tmp_path: Path) -> None:
     cfg, policy = build((AVOID_FT, "ft_ppo_gaussian_mlp"))  # residual, learned fixed std
     ema = dppo_state(policy.state_dict(), gaussian_rule, seed=2)
-    ema |= {"network.logvar_min": torch.tensor(-9.2), "network.logvar_max": torch.tensor(0.0)}  # std_max 1 (quirk 7)
+    ema |= {"network.logvar_min": torch.tensor(-9.2), "network.logvar_max": torch.tensor(0.0)}  # std_max 1 (D7)
     assert "network.mlp_mean.layers.1.l1.weight" in ema and "network.logvar" in ema
     assert load_policy_weights(policy, {"epoch": 1, "model": ema, "ema": ema}, cfg, tmp_path / "s.pt") == "pretrain"
     assert_landed(policy, ema, gaussian_rule, "network", "network")

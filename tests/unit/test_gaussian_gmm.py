@@ -305,7 +305,7 @@ def test_learned_fixed_std_clamped_and_trainable(cls) -> None:
 
 
 def test_std_bounds_not_overwritten_by_checkpoint() -> None:
-    """Reference quirk 7 fixed: loading a std_max=1 checkpoint into a std_max=0.2 net keeps 0.2."""
+    """docs/algorithms.md#d7-gaussian-std-bounds: loading a std_max=1 checkpoint into a std_max=0.2 net keeps 0.2."""
     torch.manual_seed(0)
     pre = GaussianMLP(DA, TA, COND_DIM, mlp_dims=(16, 16), std_max=1.0)
     ft = GaussianMLP(DA, TA, COND_DIM, mlp_dims=(16, 16), std_max=0.2)

@@ -96,7 +96,8 @@ def test_clip_coefficients_match_reference():
 
 def test_clip_coefficients_edge_cases():
     torch.testing.assert_close(clip_coefficients(10, 0.01, 0.01, 3.0), torch.full((10,), 0.01))
-    # K' = 1: the reference computes u = 0/0 = NaN (quirk 1); the single step is the final one and gets eps.
+    # K' = 1: DPPO computes u = 0/0 = NaN (docs/algorithms.md#d1-single-step-clipping); the single step is the final
+    # one and gets eps.
     assert clip_coefficients(1, 0.1, 0.001, 3.0).tolist() == pytest.approx([0.1])
     torch.testing.assert_close(clip_coefficients(3, 0.3, 0.1, 0.0), torch.tensor([0.1, 0.2, 0.3]))
 
@@ -117,7 +118,10 @@ def test_reduce_log_prob_clamps_truncates_and_averages():
 
 
 def independent_log_prob(policy: DiffusionModel, cond, x_prev, x_next, k: int) -> torch.Tensor:
-    """log N(x_next; mu, sigma) of fine-tuned step k from the DDPM formulas, written out here (reference 1.3, 2.3)."""
+    """log N(x_next; mu, sigma) of fine-tuned step k from the DDPM formulas, written out here.
+
+    See docs/algorithms.md#ddpm-reverse-step.
+    """
     betas = cosine_beta_schedule(K).double()
     abar = torch.cumprod(1 - betas, 0)
     t = policy.ft_denoising_steps - 1 - k
@@ -236,7 +240,7 @@ def changed(before, module) -> bool:
 
 
 def test_single_finetuned_step_gives_finite_loss_and_trains():
-    """K' = 1: the reference's clip interpolation is NaN (quirk 1); here the update is finite and moves the net."""
+    """K' = 1: DPPO's clip schedule is NaN (docs/algorithms.md, D1); here the update is finite and moves the net."""
     policy = make_diffusion(k_ft=1)
     ppo = make_ppo(policy)
     buf = filled_buffer(policy)
@@ -280,7 +284,7 @@ def test_critic_warmup_trains_only_the_critic_and_holds_the_actor_schedule():
     ppo.end_iteration()
     assert not changed(actor, policy.actor_ft) and changed(critic, ppo.critic)
     assert "pg_loss" not in out and ppo.schedulers["actor"].n_steps == 0 and ppo.schedulers["critic"].n_steps == 1
-    assert ppo.learning_rates()["actor_lr"] == pytest.approx(1e-5)  # iteration 0 runs at min_lr (reference 2.8)
+    assert ppo.learning_rates()["actor_lr"] == pytest.approx(1e-5)  # iteration 0 runs at min_lr (K3)
     ppo.iteration = 1
     ppo.update(buf)
     ppo.end_iteration()

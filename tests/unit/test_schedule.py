@@ -1,4 +1,4 @@
-"""Schedule constants against the reference's verified values (reference 1.1, 1.5, 1.6 and Appendix A)."""
+"""Schedule constants against values computed with DPPO's code (docs/algorithms.md#noise-schedule, #ddim)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from model.diffusion.schedule import (
     ddpm_constants,
 )
 
-# Appendix A, K = 20: t, beta, alpha_bar, sqrt(1/ab), sqrt(1/ab - 1), c1, c2, posterior std.
+# DPPO's DDPM constants for K = 20: t, beta, alpha_bar, sqrt(1/ab), sqrt(1/ab - 1), c1, c2, posterior std.
 APPENDIX_A = [
     (0, 0.00799272, 0.992007, 1.00402, 0.0897614, 0.999997, 0.0, 1e-10),
     (1, 0.020075, 0.972093, 1.01425, 0.169436, 0.716465, 0.283514, 0.0758258),

@@ -1,4 +1,4 @@
-"""The cosine warm-up/restart schedule against the reference's worked example (section 2.8)."""
+"""The cosine warm-up/restart schedule against DPPO's worked example (docs/algorithms.md#learning-rate-schedule)."""
 
 import math
 
