@@ -26,7 +26,7 @@ import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ def _numpy_reconstruct() -> Any:
 
 # pickles name it under the module of the numpy that wrote them
 _MULTIARRAY_NAMES = ("numpy.core.multiarray", "numpy._core.multiarray")
-_NUMPY_GLOBALS = [
+_NUMPY_GLOBALS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
     *((_numpy_reconstruct(), f"{module}._reconstruct") for module in _MULTIARRAY_NAMES),
     np.ndarray,
     np.dtype,
@@ -154,10 +154,10 @@ def plain_payload(obj: Any) -> Any:
             out._metadata = obj._metadata  # type: ignore[attr-defined]
         return out
     if isinstance(obj, (list, tuple)):
-        items = [plain_payload(v) for v in obj]
-        if all(a is b for a, b in zip(items, obj)):
+        elems = [plain_payload(v) for v in obj]
+        if all(a is b for a, b in zip(elems, obj)):
             return obj
-        return type(obj)(items) if type(obj) in (list, tuple) else list(items)
+        return type(obj)(elems) if type(obj) in (list, tuple) else list(elems)
     return obj
 
 
@@ -316,7 +316,7 @@ def newest_readable_checkpoint(run_dir: Path) -> Path:
         DataError: no checkpoint of the run is complete.
     """
     found = list_checkpoints(run_dir)
-    damaged = []
+    damaged: list[Path] = []
     for _, path in reversed(found):
         if is_complete_file(path):
             if damaged:

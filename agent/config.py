@@ -25,7 +25,9 @@ from omegaconf.errors import OmegaConfBaseException
 from agent.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CFG_ROOT = REPO_ROOT / "cfg"
+# The configs: `cfg/` of a checkout (an editable install included), or the copy a wheel installs as `agent/cfg`.
+_PACKAGED_CFG = Path(__file__).resolve().parent / "cfg"
+CFG_ROOT = _PACKAGED_CFG if _PACKAGED_CFG.is_dir() else REPO_ROOT / "cfg"
 
 _BINOPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -212,7 +214,7 @@ def _first_line(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-def _check_keys(node: Any, cls: type, where: str, extra: set[str]) -> None:
+def _check_keys(node: Any, cls: type[Any], where: str, extra: set[str]) -> None:
     """Reject keys the class does not accept, suggesting the closest valid one; recurse into child targets."""
     try:
         params = inspect.signature(cls.__init__).parameters
@@ -274,6 +276,12 @@ def require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def cfg_get(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    """`OmegaConf.select` with a default, converting containers to plain Python."""
+    value = OmegaConf.select(cfg, key, default=default)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def validate_common(cfg: DictConfig) -> None:
     """Checks shared by every agent: the sizes and step counts at the top level of DPPO's configs."""
     get = lambda key: OmegaConf.select(cfg, key, default=None)  # noqa: E731
@@ -326,13 +334,13 @@ def _check_dims(node: DictConfig, where: str) -> None:
             continue
         value = node[key]
         if isinstance(value, DictConfig):
-            _check_dims(value, f"{where}.{key}")
+            _check_dims(value, f"{where}.{str(key)}")
         elif str(key).endswith("_dims") and value is not None:
             ok = isinstance(value, ListConfig) and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
             )
             shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
-            require(ok, f"{where}.{key} must be a list of positive integers such as [256, 256], got {shown!r}")
+            require(ok, f"{where}.{str(key)} must be a list of positive integers such as [256, 256], got {shown!r}")
 
 
 def check_overrides(config_dir: str | Path, config_name: str, overrides: list[str]) -> None:

@@ -32,15 +32,16 @@ from agent.base import BaseAgent, check_normalization, load_normalization
 from agent.checkpoint import allows_pickle, load_checkpoint
 from agent.config import require
 from agent.errors import ConfigError
-from agent.finetune.base import env_reports_success, make_env, run_episodes
 from agent.finetune.loading import build_policy, find_checkpoint, load_policy_weights, pretrain_command
+from agent.rollout import env_reports_success, make_env, run_episodes
+from model.base import Policy
 
 log = logging.getLogger(__name__)
 
 
-def checkpoint_actor(ckpt: dict, policy: torch.nn.Module, device: torch.device) -> Any:
+def checkpoint_actor(ckpt: dict, policy: Policy, device: torch.device) -> Any:
     """What acts in evaluation: `policy`, or, for a fine-tuning checkpoint of an algorithm with its own action
-    selection (a `ReplayAlgorithm` that overrides `act`), that algorithm rebuilt from the checkpoint's config and
+    selection (a `ReplayAlgorithm` with `selects_actions`), that algorithm rebuilt from the checkpoint's config and
     state around `policy`, seen through `ActingPolicy` (so `sample` routes through `act`)."""
     from hydra.utils import get_class
 
@@ -55,7 +56,7 @@ def checkpoint_actor(ckpt: dict, policy: torch.nn.Module, device: torch.device) 
         return policy
     if not (isinstance(algorithm_class, type) and issubclass(algorithm_class, ReplayAlgorithm)):
         return policy
-    if algorithm_class.act is ReplayAlgorithm.act:
+    if not algorithm_class.selects_actions:
         return policy
     algorithm = algorithm_class.from_config(OmegaConf.create(ckpt["config"]), policy, device)
     algorithm.load_state_dict(ckpt["algorithm"])
@@ -131,7 +132,7 @@ class EvalAgent(BaseAgent):
             **result,
             "checkpoint": str(self.checkpoint_path),
             "checkpoint_kind": self.checkpoint_kind,
-            "ft_denoising_steps": int(getattr(self.policy, "ft_denoising_steps", 0) or 0),
+            "ft_denoising_steps": self.policy.ft_denoising_steps,
         }
         with open(self.logdir / "eval_result.json", "w") as f:
             json.dump(result, f, indent=2)

@@ -12,13 +12,15 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from tqdm import tqdm
 
 from agent.errors import UserError
 
 log = logging.getLogger(__name__)
+
+WandbMode = Literal["online", "offline", "disabled", "shared"]
 
 
 class TqdmHandler(logging.Handler):
@@ -83,7 +85,7 @@ class Logger:
                     entity=wandb_cfg.get("entity") or None,
                     project=wandb_cfg.get("project") or "dppo",
                     name=wandb_cfg.get("run") or None,
-                    mode=mode,
+                    mode=cast(WandbMode, mode),  # a user string: wandb.init rejects other values
                     dir=str(self.logdir),
                     config=config,
                     resume="allow",

@@ -32,19 +32,11 @@ from agent.config import instantiate, require
 from agent.dataset import StitchedSequenceDataset
 from agent.errors import ConfigError, DataError
 from agent.nonfinite import check_nan_policy, diverged, non_finite_parameters
+from agent.optim import make_adamw
 from agent.schedulers import CosineWarmupRestarts
 from agent.utils import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
-
-
-def make_adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with the fastest implementation available for the parameters' device (fused on CPU and CUDA)."""
-    params = list(params)
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 class EMA:

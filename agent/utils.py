@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import cast
 
 import numpy as np
 import torch
@@ -52,7 +53,9 @@ def rng_state() -> dict:
     ints; numpy's legacy state is ("MT19937", key (624,) uint32 as a list of ints, pos, has_gauss, cached_gaussian);
     torch's is a uint8 tensor.
     """
-    name, key, pos, has_gauss, cached = np.random.get_state()
+    # The global RandomState is MT19937, so the (default) legacy form is a tuple; numpy's stubs pick the dict overload.
+    legacy = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+    name, key, pos, has_gauss, cached = legacy
     state = {
         "python": random.getstate(),
         "numpy": (str(name), key.tolist(), int(pos), int(has_gauss), float(cached)),

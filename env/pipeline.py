@@ -58,7 +58,7 @@ def concat_groups(values: Sequence[Any]) -> Any:
 
 def merge_step_results(results: Sequence[StepResult]) -> StepResult:
     """Per-group `ChunkedVectorEnv.step` results -> the result for all groups' sub-envs, in order."""
-    return tuple(concat_groups(parts) for parts in zip(*results))  # type: ignore[return-value]
+    return tuple(concat_groups(parts) for parts in zip(*results))
 
 
 def _worker(
@@ -184,7 +184,7 @@ class PipelinedVectorEnv:
         for w in range(self.n_workers):
             parent, child = ctx.Pipe()
             parts = [(part[w].start, fns[part[w]]) for part in self.parts]
-            process = ctx.Process(
+            process = ctx.Process(  # type: ignore[attr-defined]  # typeshed's BaseContext lacks Process
                 target=_worker,
                 args=(child, parent, parts, dict(kwargs)),
                 name=f"{name}-envs-{w}",

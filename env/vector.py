@@ -18,10 +18,11 @@ import multiprocessing
 import signal
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from gymnasium.vector import AsyncVectorEnv, VectorEnv, VectorWrapper
+from gymnasium import spaces
+from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorEnv, VectorWrapper
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,11 @@ class ChunkedVectorEnv(VectorWrapper):
         self.action_tolerance = float(action_tolerance)
         self.step_timeout = step_timeout
         self.n_envs = env.num_envs
-        self.n_action_steps, self.action_dim = env.single_action_space.shape
-        state_shape = env.single_observation_space["state"].shape
+        self.n_action_steps, self.action_dim = cast(spaces.Box, env.single_action_space).shape
+        obs_space = cast(spaces.Dict, env.single_observation_space)
+        state_shape = cast(spaces.Box, obs_space["state"]).shape
         self.n_obs_steps, self.obs_dim = state_shape
-        rgb = env.single_observation_space.spaces.get("rgb")
+        rgb = cast("spaces.Box | None", obs_space.spaces.get("rgb"))
         self.image_shape: tuple[int, ...] | None = None if rgb is None else tuple(rgb.shape[1:])
         self._is_async = isinstance(env, AsyncVectorEnv)
         if seed is not None:
@@ -144,14 +146,14 @@ class ChunkedVectorEnv(VectorWrapper):
 
     # ------------------------------------------------------------------ async watchdog
     def _worker_failure(self, stage: str, timeout: float | None, cause: BaseException) -> EnvWorkerError:
-        env = self.env
+        env = cast(AsyncVectorEnv, self.env)  # only async envs have workers
         problems = []
         for i, (proc, pipe) in enumerate(zip(env.processes, env.parent_pipes)):
             if not proc.is_alive():
                 problems.append(f"sub-env {i} (pid {proc.pid}) {_describe_exit(proc.exitcode)}")
             elif pipe is None or pipe.closed:
                 problems.append(f"sub-env {i} (pid {proc.pid}) lost its pipe")
-            elif _is_stopped(proc.pid):
+            elif _is_stopped(cast(int, proc.pid)):  # alive, so started: pid is set
                 problems.append(f"sub-env {i} (pid {proc.pid}) {_describe_exit(None, proc.pid)}")
             elif isinstance(cause, multiprocessing.TimeoutError) and not pipe.poll(0):
                 problems.append(f"sub-env {i} (pid {proc.pid}) did not answer within {timeout} s")
@@ -175,7 +177,7 @@ class ChunkedVectorEnv(VectorWrapper):
             raise self._worker_failure(stage, timeout, e) from e
 
     # ------------------------------------------------------------------ gymnasium API
-    def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         """Reset all sub-envs. The first call without a seed uses the factory's seed (sub-env i: seed + i).
 
         Returns:
@@ -186,15 +188,16 @@ class ChunkedVectorEnv(VectorWrapper):
             seed = self._pending_seed
         self._pending_seed = None
         if self._is_async:
+            async_env = cast(AsyncVectorEnv, self.env)
             timeout = None if self.step_timeout is None else 4 * self.step_timeout
             obs, _ = self._call_async(
                 "reset",
-                lambda: self.env.reset_async(seed=seed, options=options),
-                self.env.reset_wait,
+                lambda: async_env.reset_async(seed=seed, options=options),
+                async_env.reset_wait,
                 timeout,
             )
         else:
-            obs, _ = self.env.reset(seed=seed, options=options)
+            obs, _ = cast(SyncVectorEnv, self.env).reset(seed=seed, options=options)
         return {k: v.copy() for k, v in obs.items()}, {}
 
     def step(self, actions: Any):
@@ -214,8 +217,9 @@ class ChunkedVectorEnv(VectorWrapper):
         """
         a = self.check_actions(actions)
         if self._is_async:
+            async_env = cast(AsyncVectorEnv, self.env)
             obs, reward, terminated, truncated, infos = self._call_async(
-                "step", lambda: self.env.step_async(a), self.env.step_wait, self.step_timeout
+                "step", lambda: async_env.step_async(a), async_env.step_wait, self.step_timeout
             )
         else:
             obs, reward, terminated, truncated, infos = self.env.step(a)

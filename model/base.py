@@ -1,13 +1,14 @@
 """Types shared by every policy family.
 
-A policy samples action chunks and, for PPO, a chain of intermediate samples whose transitions it can
+A policy (`Policy`) samples action chunks and, for PPO, a chain of intermediate samples whose transitions it can
 score under its current (trainable) parameters. Gaussian and GMM policies are chains of length one, so a
 single PPO implementation serves all families.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, runtime_checkable
+from abc import ABC, abstractmethod
+from typing import ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
@@ -25,28 +26,47 @@ class Sample(NamedTuple):
     chain: Tensor | None
 
 
-@runtime_checkable
-class Policy(Protocol):
-    """What the pretraining and fine-tuning agents expect of a policy (all policies are ``nn.Module``s).
+class Policy(nn.Module, ABC):
+    """Base of every policy family (diffusion, Gaussian, GMM): what pretraining and fine-tuning use of a policy.
 
     Observations ``cond`` are dicts of tensors: ``cond["state"]`` is ``(B, To, Do)`` float32, optionally
-    ``cond["rgb"]`` is ``(B, To_img, C, H, W)``.
+    ``cond["rgb"]`` is ``(B, To_img, C, H, W)``. The optional capabilities are explicit members with defaults that
+    mean "absent", so the algorithms never probe a policy by reflection:
+
+    * ``ft_denoising_steps``: K', the denoising steps fine-tuning trains (diffusion); 0 for the other families.
+    * ``has_base_policy``: ``sample(use_base_policy=True)`` runs the frozen pretrained policy (diffusion keeps it
+      as ``network``); without it, PPO's behaviour-cloning term keeps a frozen copy of its own.
+    * ``eta_parameters()``: the parameters of a learned DDIM noise scale (empty unless one is learned).
+    * ``entropy(cond)``: an entropy bonus term, or None where the family has none.
     """
 
-    n_chain_steps: int
-    """Number of scored transitions K' per sample (K' for fine-tuned diffusion, 1 for Gaussian/GMM)."""
+    ft_denoising_steps: int = 0
+    has_base_policy: ClassVar[bool] = False
 
+    @property
+    @abstractmethod
+    def n_chain_steps(self) -> int:
+        """Number of scored transitions K' per sample (K' for fine-tuned diffusion, 1 for Gaussian/GMM)."""
+
+    @abstractmethod
     def loss(self, actions: Tensor, cond: dict[str, Tensor]) -> Tensor:
         """Scalar behaviour-cloning loss for demonstrated ``actions`` ``(B, Ta, Da)``."""
-        ...
 
-    def sample(self, cond: dict[str, Tensor], deterministic: bool = False, return_chain: bool = False) -> Sample:
+    @abstractmethod
+    def sample(
+        self,
+        cond: dict[str, Tensor],
+        deterministic: bool = False,
+        return_chain: bool = False,
+        use_base_policy: bool = False,
+    ) -> Sample:
         """Sample action chunks ``(B, Ta, Da)`` (and the chain ``(B, K'+1, Ta, Da)`` if ``return_chain``).
 
+        ``use_base_policy`` samples from the frozen pretrained policy; only where ``has_base_policy``.
         Not decorated with ``no_grad``: callers that do not need gradients wrap it themselves.
         """
-        ...
 
+    @abstractmethod
     def chain_log_prob(self, cond: dict[str, Tensor], chain: Tensor, step: Tensor | None = None) -> Tensor:
         """Element-wise log-density of the transitions ``chain[:, k] -> chain[:, k+1]``.
 
@@ -58,11 +78,23 @@ class Policy(Protocol):
         Returns:
             ``(B, K', Ta, Da)`` when ``step`` is None, else ``(B, Ta, Da)``.
         """
-        ...
 
+    @abstractmethod
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters that fine-tuning updates."""
-        ...
+
+    def eta_parameters(self) -> list[nn.Parameter]:
+        """Parameters of a learned DDIM noise scale (eta), a subset of ``trainable_parameters``; empty here."""
+        return []
+
+    def entropy(self, cond: dict[str, Tensor]) -> Tensor | None:
+        """An entropy term for PPO's bonus, or None (the default: the family has none)."""
+        return None
+
+    def _no_base_policy(self, use_base_policy: bool) -> None:
+        """Refuse ``use_base_policy`` in a family without a frozen base policy."""
+        if use_base_policy:
+            raise ValueError(f"{type(self).__name__} keeps no frozen base policy (use_base_policy=True)")
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -32,26 +32,22 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agent.config import instantiate, require
+from agent.config import cfg_get, instantiate, require
+from agent.finetune.baselines import check_baseline_config
 from agent.finetune.replay import (
-    OptimSettings,
+    ActorCriticAlgorithm,
     ReplayAgent,
-    ReplayAlgorithm,
-    ReplayBuffer,
     ReplayConfig,
-    Transitions,
-    cfg_get,
-    check_baseline_config,
-    diffusion_loss_per_sample,
-    make_optimizer,
-    optimizer_settings,
 )
+from agent.finetune.replay_buffer import ReplayBuffer, Transitions
+from agent.optim import OptimSettings, optimizer_settings
+from model.base import Policy
 
 VALUE_BATCH_ROWS = 65536
 """Rows per critic call when evaluating V over the whole buffer."""
 
 
-class AWR(ReplayAlgorithm):
+class AWR(ActorCriticAlgorithm):
     """Advantage-weighted regression update rule (see the module docstring).
 
     Args:
@@ -70,7 +66,7 @@ class AWR(ReplayAlgorithm):
 
     def __init__(
         self,
-        policy: nn.Module,
+        policy: Policy,
         critic: nn.Module,
         config: ReplayConfig,
         beta: float,
@@ -80,16 +76,11 @@ class AWR(ReplayAlgorithm):
         td_alpha: float,
         optim: dict[str, OptimSettings],
     ) -> None:
-        super().__init__(policy)
-        self.cfg = config
+        super().__init__(policy, {"critic": critic}, config, optim)
         self.beta, self.max_weight = float(beta), float(max_adv_weight)
         self.n_critic_updates = max(1, config.n_updates // int(critic_update_ratio))
         self.td_lambda, self.td_alpha = float(td_lambda), float(td_alpha)
-        self.actor_params = list(policy.trainable_parameters())
         self._advantages = torch.zeros(0)
-        self.modules["critic"] = critic
-        for name, params in (("actor", self.actor_params), ("critic", critic.parameters())):
-            self.optimizers[name], self.schedulers[name] = make_optimizer(params, *optim[name])
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
@@ -102,7 +93,7 @@ class AWR(ReplayAlgorithm):
             require(0.0 <= v <= 1.0, f"{key} must be in [0, 1], got {v}")
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: nn.Module, device: torch.device) -> AWR:
+    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> AWR:
         return cls(
             policy,
             instantiate(cfg.model.critic, "model.critic").to(device),
@@ -170,7 +161,7 @@ class AWR(ReplayAlgorithm):
         adv = self._advantages[batch.indices]
         adv = (adv - adv.mean()) / (adv.std() + 1e-6)
         weights = torch.exp(self.beta * adv).clamp(max=self.max_weight)
-        loss = (weights * diffusion_loss_per_sample(self.policy, batch.actions, batch.obs)).mean()
+        loss = (weights * self.policy.loss_per_sample(batch.actions, batch.obs)).mean()
         info = self.step_actor(loss, self.actor_params)
         info.update(actor_loss=loss.detach(), weight_mean=weights.mean())
         return info

@@ -17,6 +17,7 @@ next episode:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -103,7 +104,7 @@ class RolloutBuffer:
         self.n_steps, self.n_envs = int(n_steps), int(n_envs)
         self.device = torch.device(device)
         se = (self.n_steps, self.n_envs)
-        kw = {"device": self.device}
+        kw: dict[str, Any] = {"device": self.device}
         self.obs = {k: torch.zeros(*se, *shape, dtype=dtype, **kw) for k, (shape, dtype) in obs_spec.items()}
         self.chains = torch.zeros(*se, *chain_shape, **kw)
         self.n_chain_steps = int(chain_shape[0]) - 1

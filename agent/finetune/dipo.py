@@ -19,29 +19,24 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agent.config import instantiate, require
+from agent.config import cfg_get, instantiate, require
+from agent.finetune.baselines import check_baseline_config
 from agent.finetune.replay import (
-    OptimSettings,
+    ActorCriticAlgorithm,
     ReplayAgent,
-    ReplayAlgorithm,
-    ReplayBuffer,
     ReplayConfig,
-    Transitions,
-    cfg_get,
-    check_baseline_config,
     double_q_loss,
     double_q_target,
-    frozen_copy,
-    make_optimizer,
-    optimizer_settings,
-    polyak_update,
 )
+from agent.finetune.replay_buffer import ReplayBuffer, Transitions
+from agent.optim import OptimSettings, frozen_copy, optimizer_settings, polyak_update
+from model.base import Policy
 
 ACTION_GRAD_CLIP_PER_ELEMENT = 0.1
 """The action gradient's norm is clipped to Te * Da * 0.1 (reference)."""
 
 
-class DIPO(ReplayAlgorithm):
+class DIPO(ActorCriticAlgorithm):
     """DIPO update rule (see the module docstring).
 
     Args:
@@ -53,27 +48,22 @@ class DIPO(ReplayAlgorithm):
         optim: {actor, critic} -> (lr, weight_decay, lr_scheduler block or None).
     """
 
+    selects_actions = True
     model_keys = frozenset({"critic"})
 
     def __init__(
         self,
-        policy: nn.Module,
+        policy: Policy,
         critic: nn.Module,
         config: ReplayConfig,
         action_lr: float,
         action_gradient_steps: int,
         optim: dict[str, OptimSettings],
     ) -> None:
-        super().__init__(policy)
-        self.cfg = config
+        super().__init__(policy, {"critic": critic}, config, optim, targets=("critic",))
         self.action_lr = float(action_lr)
         self.action_gradient_steps = int(action_gradient_steps)
-        self.actor_params = list(policy.trainable_parameters())
-        self.modules["critic"] = critic
-        self.modules["critic_target"] = frozen_copy(critic)
         self.modules["actor_target"] = frozen_copy(policy).eval()
-        for name, params in (("actor", self.actor_params), ("critic", critic.parameters())):
-            self.optimizers[name], self.schedulers[name] = make_optimizer(params, *optim[name])
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
@@ -84,7 +74,7 @@ class DIPO(ReplayAlgorithm):
         require(lr > 0, f"train.action_lr must be > 0, got {lr}")
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: nn.Module, device: torch.device) -> DIPO:
+    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> DIPO:
         return cls(
             policy,
             instantiate(cfg.model.critic, "model.critic").to(device),

@@ -23,26 +23,21 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agent.config import instantiate, require
+from agent.config import cfg_get, instantiate, require
+from agent.finetune.baselines import check_baseline_config
 from agent.finetune.replay import (
-    OptimSettings,
+    ActorCriticAlgorithm,
     ReplayAgent,
-    ReplayAlgorithm,
-    ReplayBuffer,
     ReplayConfig,
-    Transitions,
-    cfg_get,
-    check_baseline_config,
     double_q_loss,
     double_q_target,
-    frozen_copy,
-    make_optimizer,
-    optimizer_settings,
-    polyak_update,
 )
+from agent.finetune.replay_buffer import ReplayBuffer, Transitions
+from agent.optim import OptimSettings, optimizer_settings, polyak_update
+from model.base import Policy
 
 
-class DQL(ReplayAlgorithm):
+class DQL(ActorCriticAlgorithm):
     """Diffusion-QL update rule (see the module docstring).
 
     Args:
@@ -59,22 +54,16 @@ class DQL(ReplayAlgorithm):
 
     def __init__(
         self,
-        policy: nn.Module,
+        policy: Policy,
         critic: nn.Module,
         config: ReplayConfig,
         eta: float,
         bc_on_policy_samples: bool,
         optim: dict[str, OptimSettings],
     ) -> None:
-        super().__init__(policy)
-        self.cfg = config
+        super().__init__(policy, {"critic": critic}, config, optim, targets=("critic",))
         self.eta = float(eta)
         self.bc_on_policy_samples = bool(bc_on_policy_samples)
-        self.actor_params = list(policy.trainable_parameters())
-        self.modules["critic"] = critic
-        self.modules["critic_target"] = frozen_copy(critic)
-        for name, params in (("actor", self.actor_params), ("critic", critic.parameters())):
-            self.optimizers[name], self.schedulers[name] = make_optimizer(params, *optim[name])
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
@@ -83,7 +72,7 @@ class DQL(ReplayAlgorithm):
         require(cfg_get(cfg, "train.eta", 1.0) >= 0, f"train.eta must be >= 0, got {cfg_get(cfg, 'train.eta')}")
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: nn.Module, device: torch.device) -> DQL:
+    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> DQL:
         return cls(
             policy,
             instantiate(cfg.model.critic, "model.critic").to(device),

@@ -24,25 +24,15 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agent.config import instantiate, require
-from agent.finetune.replay import (
-    OptimSettings,
-    ReplayAgent,
-    ReplayAlgorithm,
-    ReplayBuffer,
-    ReplayConfig,
-    Transitions,
-    cfg_get,
-    check_baseline_config,
-    double_q_loss,
-    frozen_copy,
-    make_optimizer,
-    optimizer_settings,
-    polyak_update,
-)
+from agent.config import cfg_get, instantiate, require
+from agent.finetune.baselines import check_baseline_config
+from agent.finetune.replay import ActorCriticAlgorithm, ReplayAgent, ReplayConfig, double_q_loss
+from agent.finetune.replay_buffer import ReplayBuffer, Transitions
+from agent.optim import OptimSettings, optimizer_settings, polyak_update
+from model.base import Policy
 
 
-class IDQL(ReplayAlgorithm):
+class IDQL(ActorCriticAlgorithm):
     """IDQL update rule and candidate selection (see the module docstring).
 
     Args:
@@ -59,11 +49,12 @@ class IDQL(ReplayAlgorithm):
             both Q and V.
     """
 
+    selects_actions = True
     model_keys = frozenset({"critic_q", "critic_v"})
 
     def __init__(
         self,
-        policy: nn.Module,
+        policy: Policy,
         critic_q: nn.Module,
         critic_v: nn.Module,
         config: ReplayConfig,
@@ -74,19 +65,13 @@ class IDQL(ReplayAlgorithm):
         critic_hyperparam: float,
         optim: dict[str, OptimSettings],
     ) -> None:
-        super().__init__(policy)
-        self.cfg = config
+        critics = {"critic_q": critic_q, "critic_v": critic_v}
+        super().__init__(policy, critics, config, optim, targets=("critic_q",))
         self.n_candidates = int(n_candidates)
         self.eval_deterministic = bool(eval_deterministic)
         self.use_expectile_exploration = bool(use_expectile_exploration)
         self.expectile = float(expectile)
         self.critic_hyperparam = float(critic_hyperparam)
-        self.actor_params = list(policy.trainable_parameters())
-        self.modules.update(critic_q=critic_q, critic_q_target=frozen_copy(critic_q), critic_v=critic_v)
-        params = {"actor": self.actor_params, "critic_q": critic_q.parameters(), "critic_v": critic_v.parameters()}
-        for name, group in params.items():
-            settings = optim["actor"] if name == "actor" else optim["critic"]
-            self.optimizers[name], self.schedulers[name] = make_optimizer(group, *settings)
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
@@ -100,7 +85,7 @@ class IDQL(ReplayAlgorithm):
             require(0.0 < v < 1.0, f"{key} must be in (0, 1), got {v}")
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: nn.Module, device: torch.device) -> IDQL:
+    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> IDQL:
         return cls(
             policy,
             instantiate(cfg.model.critic_q, "model.critic_q").to(device),

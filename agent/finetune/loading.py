@@ -25,7 +25,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -34,8 +34,10 @@ from torch import nn
 from agent.checkpoint import list_checkpoints, load_checkpoint, non_finite_weights
 from agent.config import instantiate
 from agent.errors import ConfigError, DataError
+from model.base import Policy
 from model.common.critic import CriticObs
 from model.common.mlp import MLP, ResidualBlock
+from model.diffusion.diffusion import DiffusionModel
 from model.gaussian.mlp import GaussianMLP
 from model.gmm.mlp import GMMMLP
 
@@ -47,12 +49,12 @@ ARCHITECTURE_KEYS = ("obs_dim", "action_dim", "horizon_steps", "cond_steps", "de
 TUNABLE_NETWORK_KEYS = frozenset({"dropout", "std_min", "std_max", "learn_fixed_std", "fixed_std"})
 
 
-def is_diffusion(policy: nn.Module) -> bool:
-    """Whether `policy` is a diffusion policy with a frozen base (it has `load_base_state_dict`)."""
-    return hasattr(policy, "load_base_state_dict")
+def is_diffusion(policy: Policy) -> bool:
+    """Whether `policy` is a diffusion policy (a frozen base denoiser and K' fine-tuned steps)."""
+    return isinstance(policy, DiffusionModel)
 
 
-def build_policy(cfg: DictConfig, exclude_keys: Iterable[str] = ()) -> nn.Module:
+def build_policy(cfg: DictConfig, exclude_keys: Iterable[str] = ()) -> Policy:
     """Instantiate the policy described by `cfg.model`, leaving out the algorithm's own `model.*` keys.
 
     DPPO's fine-tuning configs keep the algorithm's knobs (gamma_denoising, clip_ploss_coef, critic, ...) in the
@@ -64,12 +66,21 @@ def build_policy(cfg: DictConfig, exclude_keys: Iterable[str] = ()) -> nn.Module
 
     Returns:
         the policy module (on CPU).
+
+    Raises:
+        ConfigError: `model._target_` builds something that is not a `model.base.Policy`.
     """
-    node = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    node = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True)))  # from a dict
     for key in exclude_keys:
         if key in node:
             del node[key]
-    return instantiate(node, "model")
+    policy = instantiate(node, "model")
+    if not isinstance(policy, Policy):
+        raise ConfigError(
+            f"model._target_={node.get('_target_')} builds a {type(policy).__name__}, not a policy; name a "
+            "model.base.Policy class (DiffusionModel, GaussianModel, GMMModel)"
+        )
+    return policy
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -170,7 +181,7 @@ def check_compatible(ckpt: Mapping[str, Any], cfg: DictConfig, path: Path, uses_
     if not isinstance(saved, Mapping):
         log.warning("checkpoint %s carries no config; only the weight shapes are checked", path)
         return
-    here = OmegaConf.to_container(cfg, resolve=True)
+    here = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))  # a DictConfig gives a dict
 
     def mismatch(key: str, theirs: Any, ours: Any) -> ConfigError:
         return ConfigError(
@@ -208,7 +219,7 @@ def _encoder_choice(node: Any) -> str | None:
     return ENCODER_CHOICES.get(target, target) if isinstance(target, str) else None
 
 
-def _load_tolerant(policy: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+def _load_tolerant(policy: Policy, state: Mapping[str, torch.Tensor], path: Path) -> None:
     """Load a Gaussian/GMM state dict, allowing only a learned fixed-std `logvar` to appear or disappear."""
     try:
         result = policy.load_state_dict(state, strict=False)
@@ -242,7 +253,7 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: Pat
 
 
 def load_policy_weights(
-    policy: nn.Module, ckpt: Mapping[str, Any], cfg: DictConfig, path: Path, for_eval: bool = False
+    policy: Policy, ckpt: Mapping[str, Any], cfg: DictConfig, path: Path, for_eval: bool = False
 ) -> str:
     """Load a checkpoint's policy weights (see the module docstring for which ones).
 
@@ -270,7 +281,7 @@ def load_policy_weights(
         ckpt = from_dppo_checkpoint(ckpt, policy, path)
     check_compatible(ckpt, cfg, path, diffusion)
     kind = checkpoint_kind(ckpt)
-    ours = int(getattr(policy, "ft_denoising_steps", 0) or 0) if diffusion else 0
+    ours = policy.ft_denoising_steps
     if kind == "finetune":
         theirs = checkpoint_ft_steps(ckpt)
         if diffusion and theirs != ours:
@@ -280,7 +291,7 @@ def load_policy_weights(
             )
         if diffusion:
             state = ckpt["model"]
-            if for_eval and getattr(policy, "eta", None) is None:
+            if for_eval and isinstance(policy, DiffusionModel) and policy.eta is None:
                 # DDIM fine-tuning trains an eta (the exploration noise of its chain); evaluation samples
                 # deterministically (eta = 0), so an evaluation config without an eta module drops it.
                 state = {k: v for k, v in state.items() if not k.startswith("eta.")}
@@ -297,7 +308,7 @@ def load_policy_weights(
         )
     if diffusion:
         try:
-            policy.load_base_state_dict(ckpt["ema"])
+            cast(DiffusionModel, policy).load_base_state_dict(ckpt["ema"])  # `diffusion`: it is one
         except RuntimeError as exc:
             raise ConfigError(f"base_policy_path {path} does not fit this policy: {_shape_error(exc)}") from exc
     else:
@@ -348,7 +359,7 @@ _TDF_RE = re.compile(r"_tdf(\d+)(?:_|$)")
 def _own_tensor_names(module: nn.Module) -> list[str]:
     """Names of the parameters and persistent buffers registered on `module` itself (not its children)."""
     names = [n for n, _ in module.named_parameters(recurse=False)]
-    skip = getattr(module, "_non_persistent_buffers_set", set())
+    skip: set[str] = getattr(module, "_non_persistent_buffers_set", set())
     return names + [n for n, _ in module.named_buffers(recurse=False) if n not in skip]
 
 
@@ -488,7 +499,7 @@ def _dppo_ft_steps_hint(path: Path) -> int | None:
     return None
 
 
-def from_dppo_checkpoint(ckpt: Mapping[str, Any], policy: nn.Module, path: Path) -> dict[str, Any]:
+def from_dppo_checkpoint(ckpt: Mapping[str, Any], policy: Policy, path: Path) -> dict[str, Any]:
     """Turn a DPPO checkpoint into this toolkit's layout for `policy`.
 
     * Pretraining {"epoch", "model", "ema"}: the EMA weights (`network.*`) are renamed; kind "pretrain".
@@ -517,7 +528,7 @@ def from_dppo_checkpoint(ckpt: Mapping[str, Any], policy: nn.Module, path: Path)
     has_ft = any(k.startswith("actor_ft.") for k in state)
     ft_steps = 0
     if diffusion and has_ft:
-        ours = int(getattr(policy, "ft_denoising_steps", 0) or 0)
+        ours = policy.ft_denoising_steps
         hint = _dppo_ft_steps_hint(path)
         if hint is None and ours == 0:
             raise ConfigError(

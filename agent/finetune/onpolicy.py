@@ -33,16 +33,10 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from agent.config import require
-from agent.finetune.base import (
-    Algorithm,
-    FinetuneAgent,
-    actions_to_numpy,
-    cat_groups,
-    obs_to_tensor,
-    step_env_groups,
-)
+from agent.finetune.base import Algorithm, FinetuneAgent
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.reward_scaling import RunningRewardScaler
+from agent.rollout import actions_to_numpy, cat_groups, obs_to_tensor, step_env_groups
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,6 @@ Deliberate differences from DPPO (docs/algorithms.md#deliberate-differences-from
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -49,8 +48,9 @@ from torch import Tensor, nn
 from agent.config import instantiate, require
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.onpolicy import OnPolicyAgent, OnPolicyAlgorithm
-from agent.pretrain import make_adamw
+from agent.optim import make_adamw
 from agent.schedulers import CosineWarmupRestarts
+from model.base import Policy
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class PPO(OnPolicyAlgorithm):
 
     model_keys = frozenset({"critic", *PPOConfig.MODEL_KEYS})
 
-    def __init__(self, policy: nn.Module, critic: nn.Module, config: PPOConfig) -> None:
+    def __init__(self, policy: Policy, critic: nn.Module, config: PPOConfig) -> None:
         super().__init__(policy)
         self.critic = critic
         self.cfg = config
@@ -207,8 +207,7 @@ class PPO(OnPolicyAlgorithm):
         ).to(device)
         self.discounts = denoising_discounts(self.n_chain_steps, config.gamma_denoising).to(device)
 
-        eta = getattr(policy, "eta", None)
-        self.eta_params = list(eta.parameters()) if getattr(policy, "learn_eta", False) and eta is not None else []
+        self.eta_params = policy.eta_parameters()
         eta_ids = {id(p) for p in self.eta_params}
         self.actor_params = [p for p in policy.trainable_parameters() if id(p) not in eta_ids]
         c = config
@@ -230,7 +229,7 @@ class PPO(OnPolicyAlgorithm):
             )
         # The BC regulariser samples chains from the pretrained policy: diffusion keeps it as the frozen `network`
         # (sample(use_base_policy=True)); Gaussian/GMM get a frozen copy, checkpointed with the algorithm.
-        self._sample_uses_base = "use_base_policy" in inspect.signature(policy.sample).parameters
+        self._sample_uses_base = policy.has_base_policy
         if c.use_bc_loss and not self._sample_uses_base:
             self.modules["bc_reference"] = copy.deepcopy(policy).requires_grad_(False).eval()
 
@@ -301,7 +300,7 @@ class PPO(OnPolicyAlgorithm):
             require(get("train.bc_loss_coeff", 0) > 0, "train.use_bc_loss needs train.bc_loss_coeff > 0")
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: nn.Module, device: torch.device) -> PPO:
+    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> PPO:
         critic = instantiate(cfg.model.critic, "model.critic").to(device)
         return cls(policy, critic, PPOConfig.from_cfg(cfg))
 
@@ -372,7 +371,7 @@ class PPO(OnPolicyAlgorithm):
         pg_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - eps, 1.0 + eps)).sum() / n_rows
         total = pg_loss
         if c.ent_coef != 0.0:
-            entropy = self.policy.entropy(mb.cond) if hasattr(self.policy, "entropy") else None
+            entropy = self.policy.entropy(mb.cond)
             if entropy is not None:
                 total = total - c.ent_coef * entropy.sum() / n_rows
                 info["entropy"] = entropy.detach().sum() / n_rows

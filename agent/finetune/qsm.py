@@ -20,27 +20,21 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agent.config import instantiate, require
+from agent.config import cfg_get, instantiate, require
+from agent.finetune.baselines import check_baseline_config
 from agent.finetune.replay import (
-    OptimSettings,
+    ActorCriticAlgorithm,
     ReplayAgent,
-    ReplayAlgorithm,
-    ReplayBuffer,
     ReplayConfig,
-    Transitions,
-    cfg_get,
-    check_baseline_config,
     double_q_loss,
     double_q_target,
-    frozen_copy,
-    make_optimizer,
-    noisy_actions,
-    optimizer_settings,
-    polyak_update,
 )
+from agent.finetune.replay_buffer import ReplayBuffer, Transitions
+from agent.optim import OptimSettings, optimizer_settings, polyak_update
+from model.base import Policy
 
 
-class QSM(ReplayAlgorithm):
+class QSM(ActorCriticAlgorithm):
     """Q-score-matching update rule (see the module docstring).
 
     Args:
@@ -55,20 +49,14 @@ class QSM(ReplayAlgorithm):
 
     def __init__(
         self,
-        policy: nn.Module,
+        policy: Policy,
         critic: nn.Module,
         config: ReplayConfig,
         q_grad_coeff: float,
         optim: dict[str, OptimSettings],
     ) -> None:
-        super().__init__(policy)
-        self.cfg = config
+        super().__init__(policy, {"critic": critic}, config, optim, targets=("critic",))
         self.q_grad_coeff = float(q_grad_coeff)
-        self.actor_params = list(policy.trainable_parameters())
-        self.modules["critic"] = critic
-        self.modules["critic_target"] = frozen_copy(critic)
-        for name, params in (("actor", self.actor_params), ("critic", critic.parameters())):
-            self.optimizers[name], self.schedulers[name] = make_optimizer(params, *optim[name])
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
@@ -80,7 +68,7 @@ class QSM(ReplayAlgorithm):
         )
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: nn.Module, device: torch.device) -> QSM:
+    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> QSM:
         return cls(
             policy,
             instantiate(cfg.model.critic, "model.critic").to(device),
@@ -109,7 +97,7 @@ class QSM(ReplayAlgorithm):
         """mean (-eps_theta(x_t, t, s) - q_grad_coeff * dQ/dx(s, x_t))^2 at noised buffer actions."""
         a = batch.actions
         t = torch.randint(0, self.policy.denoising_steps, (a.shape[0],), device=a.device)
-        x_t = noisy_actions(self.policy, a, t, torch.randn_like(a))
+        x_t = self.policy.noised(a, t, torch.randn_like(a))
         target = self.q_grad_coeff * self.q_gradient(batch.obs, x_t)
         eps = self.policy.trainable_network(x_t, t, batch.obs)
         return (-eps - target).square().mean()

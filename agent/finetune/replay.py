@@ -22,345 +22,33 @@ episode statistics, evaluation, checkpoints and logging are the shared loop's (`
 `train.buffer_size` counts transitions (env steps x envs). DPPO counts individual transitions for DQL/DIPO but
 per-step entries of all envs for QSM/IDQL/AWR; the configs here convert the latter (e.g. 25000 x 40 envs).
 
-Also here: the helpers the diffusion baselines share (optimiser + scheduler construction, Polyak averaging, the
-per-sample diffusion loss, config checks).
+Also here: `ActorCriticAlgorithm`, the base of the baselines that learn critics beside the actor, and the double-Q
+target and loss. The buffer is agent/finetune/replay_buffer.py; optimisers and target networks agent/optim.py; the
+config checks every diffusion baseline shares agent/finetune/baselines.py.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agent.config import require
-from agent.finetune.base import (
-    Algorithm,
-    FinetuneAgent,
-    actions_to_numpy,
-    cat_groups,
-    obs_to_tensor,
-    step_env_groups,
-)
-from agent.pretrain import make_adamw
-from agent.schedulers import CosineWarmupRestarts
-from model.base import Sample
+from agent.config import cfg_get, require
+from agent.finetune.base import Algorithm, FinetuneAgent
+from agent.finetune.replay_buffer import ReplayBuffer, Transitions
+from agent.optim import OptimSettings, frozen_copy, make_optimizer
+from agent.rollout import actions_to_numpy, cat_groups, obs_to_tensor, step_env_groups
+from model.base import Policy, Sample
 
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# helpers shared by the diffusion baselines
-
-
-def cfg_get(cfg: DictConfig, key: str, default: Any = None) -> Any:
-    """`OmegaConf.select` with a default, converting containers to plain Python."""
-    value = OmegaConf.select(cfg, key, default=default)
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def make_optimizer(
-    params: Iterable[nn.Parameter], lr: float, weight_decay: float, scheduler: Mapping[str, Any] | None
-) -> tuple[torch.optim.Optimizer, CosineWarmupRestarts]:
-    """AdamW and its per-iteration cosine schedule (`scheduler` None: constant lr).
-
-    Args:
-        params: parameters to optimise.
-        lr: the (maximum) learning rate.
-        weight_decay: AdamW weight decay.
-        scheduler: DPPO's `*_lr_scheduler` block {first_cycle_steps, warmup_steps, min_lr}, or None.
-    """
-    opt = make_adamw(params, float(lr), float(weight_decay))
-    kwargs = dict(scheduler) if scheduler else {"first_cycle_steps": 1, "warmup_steps": 0, "min_lr": lr}
-    return opt, CosineWarmupRestarts(opt, **kwargs, max_lr=float(lr))
-
-
-OptimSettings = tuple[float, float, "dict[str, Any] | None"]
-
-
-def optimizer_settings(cfg: DictConfig, name: str) -> OptimSettings:
-    """(lr, weight_decay, lr_scheduler block) of `train.<name>_lr` etc.; `name=""` reads `train.lr` etc. (RWR)."""
-    prefix = f"train.{name}_" if name else "train."
-    lr = cfg_get(cfg, f"{prefix}lr")
-    require(lr is not None and lr > 0, f"{prefix}lr must be set to a value > 0, got {lr!r}")
-    return float(lr), float(cfg_get(cfg, f"{prefix}weight_decay", 0.0)), cfg_get(cfg, f"{prefix}lr_scheduler")
-
-
-@torch.no_grad()
-def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """theta' <- (1 - tau) theta' + tau theta for every parameter.
-
-    Buffers are left alone: here they are the diffusion schedule's constants (no network has trained buffers such as
-    batch-norm statistics), and copying them every gradient step would only cost time.
-    """
-    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
-
-
-def frozen_copy(module: nn.Module) -> nn.Module:
-    """A deep copy with gradients off (target networks)."""
-    return copy.deepcopy(module).requires_grad_(False)
-
-
-def noisy_actions(policy: nn.Module, actions: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-    """Forward diffusion q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
-
-    Args:
-        policy: a DiffusionModel (its schedule buffers are used).
-        actions: x_0, (B, Ta, Da).
-        t: (B,) long timesteps in [0, K).
-        noise: eps, (B, Ta, Da).
-    """
-    b = actions.shape[0]
-    return (
-        policy.sqrt_alphas_cumprod[t].view(b, 1, 1) * actions
-        + policy.sqrt_one_minus_alphas_cumprod[t].view(b, 1, 1) * noise
-    )
-
-
-def diffusion_loss_per_sample(policy: nn.Module, actions: Tensor, cond: dict[str, Tensor]) -> Tensor:
-    """The pretraining diffusion loss kept per sample, for reward/advantage weighting (RWR, AWR).
-
-    A timestep t ~ U{0..K-1} and noise eps per sample; mean over (Ta, Da) of (eps_theta(x_t, t, s) - eps)^2 (or of
-    the x_0 error without epsilon prediction). `policy.loss` is the mean of this over the batch.
-
-    Args:
-        policy: a DiffusionModel.
-        actions: (B, Ta, Da) action chunks (x_0).
-        cond: observation dict with batch size B.
-
-    Returns:
-        (B,) losses.
-    """
-    b = actions.shape[0]
-    t = torch.randint(0, policy.denoising_steps, (b,), device=actions.device)
-    noise = torch.randn_like(actions)
-    pred = policy.trainable_network(noisy_actions(policy, actions, t, noise), t, cond)
-    target = noise if policy.predict_epsilon else actions
-    return (pred - target).square().mean(dim=(1, 2))
-
-
-def check_baseline_config(cfg: DictConfig, schedulers: Iterable[str], *, needs_te_chunks: bool = True) -> None:
-    """Checks every diffusion baseline shares: whole-network fine-tuning, Ta = Te, warm-up, lr schedules.
-
-    Args:
-        cfg: the full config.
-        schedulers: names of the `train.<name>_lr_scheduler` / `train.lr_scheduler` blocks to check.
-        needs_te_chunks: the algorithm stores or scores Te-step chunks with networks that expect Ta steps.
-    """
-    k_ft = cfg_get(cfg, "model.ft_denoising_steps", cfg_get(cfg, "ft_denoising_steps", 0))
-    require(
-        not k_ft,
-        f"ft_denoising_steps={k_ft}: the diffusion baselines fine-tune the whole network (no frozen copy); "
-        "set ft_denoising_steps=0",
-    )
-    horizon, act = cfg_get(cfg, "horizon_steps"), cfg_get(cfg, "act_steps")
-    require(
-        not needs_te_chunks or horizon == act,
-        f"horizon_steps={horizon} but act_steps={act}: this baseline stores and scores executed (act_steps) chunks "
-        f"with networks that take horizon_steps; set horizon_steps=act_steps={act} (and pretrain with it)",
-    )
-    require(
-        cfg_get(cfg, "model._target_", "").endswith("DiffusionModel"),
-        f"model._target_={cfg_get(cfg, 'model._target_')}: the diffusion baselines need a DiffusionModel policy",
-    )
-    gamma = cfg_get(cfg, "train.gamma", 0.99)
-    require(0.0 < gamma <= 1.0, f"train.gamma must be in (0, 1], got {gamma}")
-    warm = cfg_get(cfg, "train.n_critic_warmup_itr", 0)
-    require(isinstance(warm, int) and warm >= 0, f"train.n_critic_warmup_itr must be an integer >= 0, got {warm!r}")
-    for name in schedulers:
-        key = f"train.{name}_lr_scheduler" if name else "train.lr_scheduler"
-        sched = cfg_get(cfg, key)
-        if sched is None:
-            continue
-        cycle, warmup = sched.get("first_cycle_steps", 1), sched.get("warmup_steps", 0)
-        require(
-            isinstance(cycle, int) and cycle >= 1 and isinstance(warmup, int) and 0 <= warmup < cycle,
-            f"{key}: warmup_steps={warmup} must be in [0, first_cycle_steps={cycle})",
-        )
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# the replay buffer
-
-
-class Transitions(NamedTuple):
-    """A batch of B transitions.
-
-    Attributes:
-        obs: observation dict, each (B, ...) (`state` (B, To, Do)).
-        actions: (B, Te, Da) executed chunks.
-        rewards: (B,) chunk rewards times scale_reward_factor.
-        next_obs: observation dict after the chunk (the pre-reset observation where the episode ended).
-        terminated: (B,) float, 1 where s' is terminal (no bootstrap).
-        indices: (B,) long, the rows' flat buffer indices (for writing actions back, or gathering targets).
-    """
-
-    obs: dict[str, Tensor]
-    actions: Tensor
-    rewards: Tensor
-    next_obs: dict[str, Tensor]
-    terminated: Tensor
-    indices: Tensor
-
-
-class ReplayBuffer:
-    """Preallocated ring buffer of transitions, step-major: every tensor has leading shape (C, E).
-
-    C = capacity // E steps of E envs; once full, the oldest step is overwritten. Step-major storage keeps each
-    env's transitions in time order, which TD(lambda) over the buffer (AWR) needs; flat index i = step * E + env.
-
-    Args:
-        capacity: maximum number of transitions (`train.buffer_size`), at least E.
-        n_envs: E.
-        obs_spec: key -> (per-env shape, dtype), e.g. {"state": ((To, Do), torch.float32)}.
-        action_shape: (Te, Da).
-        device: storage device.
-    """
-
-    def __init__(
-        self,
-        capacity: int,
-        n_envs: int,
-        obs_spec: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
-        action_shape: tuple[int, int],
-        device: torch.device | str = "cpu",
-    ) -> None:
-        if capacity < n_envs:
-            raise ValueError(f"buffer capacity {capacity} is smaller than one step of {n_envs} envs")
-        self.n_envs = int(n_envs)
-        self.n_slots = int(capacity) // self.n_envs
-        self.device = torch.device(device)
-        ce = (self.n_slots, self.n_envs)
-        kw = {"device": self.device}
-        self.obs = {k: torch.zeros(*ce, *shape, dtype=dtype, **kw) for k, (shape, dtype) in obs_spec.items()}
-        self.next_obs = {k: torch.zeros_like(v) for k, v in self.obs.items()}
-        self.actions = torch.zeros(*ce, *action_shape, **kw)
-        self.rewards = torch.zeros(ce, **kw)
-        self.terminated = torch.zeros(ce, **kw)
-        # The row's successor in time (same env, next slot) is not the same episode: terminated, truncated, or
-        # the envs were reset after it. TD(lambda) stops accumulating there.
-        self.episode_end = torch.zeros(ce, dtype=torch.bool, **kw)
-        self.pos = 0  # next slot to write
-        self.n_filled = 0  # filled slots
-
-    def __len__(self) -> int:
-        """Number of stored transitions."""
-        return self.n_filled * self.n_envs
-
-    @property
-    def capacity(self) -> int:
-        return self.n_slots * self.n_envs
-
-    def add(
-        self,
-        obs: Mapping[str, Tensor],
-        actions: Tensor,
-        rewards: Tensor,
-        next_obs: Mapping[str, Tensor],
-        terminated: Tensor,
-        episode_end: Tensor,
-    ) -> None:
-        """Store one vector-env step (E transitions), overwriting the oldest when full.
-
-        Args:
-            obs, next_obs: dicts of (E, ...) tensors.
-            actions: (E, Te, Da).
-            rewards: (E,) scaled rewards.
-            terminated: (E,) bool.
-            episode_end: (E,) bool, terminated | truncated.
-        """
-        i = self.pos
-        for key, value in obs.items():
-            self.obs[key][i].copy_(value)
-            self.next_obs[key][i].copy_(next_obs[key])
-        self.actions[i].copy_(actions)
-        self.rewards[i].copy_(rewards)
-        self.terminated[i].copy_(terminated)
-        self.episode_end[i].copy_(episode_end)
-        self.pos = (i + 1) % self.n_slots
-        self.n_filled = min(self.n_filled + 1, self.n_slots)
-
-    def mark_interrupted(self) -> None:
-        """The envs are being reset mid-episode: the newest step's successors belong to new episodes."""
-        if self.n_filled:
-            self.episode_end[(self.pos - 1) % self.n_slots] = True
-
-    def flat(self, tensor: Tensor) -> Tensor:
-        """(C, E, ...) storage -> (C * E, ...) view (flat index = slot * E + env)."""
-        return tensor.view(self.n_slots * self.n_envs, *tensor.shape[2:])
-
-    def sample_indices(self, batch_size: int) -> Tensor:
-        """(batch_size,) flat indices drawn uniformly with replacement from the stored transitions."""
-        if not self.n_filled:
-            raise RuntimeError("sampling from an empty replay buffer")
-        return torch.randint(0, len(self), (batch_size,), device=self.device)
-
-    def obs_at(self, indices: Tensor) -> dict[str, Tensor]:
-        """The observations s at flat `indices` (B,), each (B, ...)."""
-        return {k: self.flat(v)[indices] for k, v in self.obs.items()}
-
-    def gather(self, indices: Tensor) -> Transitions:
-        """The transitions at flat `indices` (B,)."""
-        return Transitions(
-            obs=self.obs_at(indices),
-            actions=self.flat(self.actions)[indices],
-            rewards=self.flat(self.rewards)[indices],
-            next_obs={k: self.flat(v)[indices] for k, v in self.next_obs.items()},
-            terminated=self.flat(self.terminated)[indices],
-            indices=indices,
-        )
-
-    def sample(self, batch_size: int) -> Transitions:
-        """A batch drawn uniformly with replacement from the whole buffer."""
-        return self.gather(self.sample_indices(batch_size))
-
-    def set_actions(self, indices: Tensor, actions: Tensor) -> None:
-        """Overwrite the stored actions at flat `indices` (B,) with `actions` (B, Te, Da) (DIPO)."""
-        self.flat(self.actions)[indices] = actions.to(self.actions.dtype)
-
-    def time_order(self) -> Tensor:
-        """(n_filled,) slot indices from the oldest stored step to the newest."""
-        slots = torch.arange(self.n_filled, device=self.device)
-        if self.n_filled < self.n_slots:
-            return slots
-        return (slots + self.pos) % self.n_slots
-
-    def state_dict(self) -> dict[str, Any]:
-        """The filled part of the buffer (for checkpoints)."""
-        n = self.n_filled
-        return {
-            "pos": self.pos,
-            "n_filled": n,
-            "obs": {k: v[:n].cpu() for k, v in self.obs.items()},
-            "next_obs": {k: v[:n].cpu() for k, v in self.next_obs.items()},
-            "actions": self.actions[:n].cpu(),
-            "rewards": self.rewards[:n].cpu(),
-            "terminated": self.terminated[:n].cpu(),
-            "episode_end": self.episode_end[:n].cpu(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        n = int(state["n_filled"])
-        if n > self.n_slots or state["actions"].shape[1:] != self.actions.shape[1:]:
-            raise ValueError(
-                f"saved replay buffer ({n} steps of {tuple(state['actions'].shape[1:])}) does not fit this one "
-                f"({self.n_slots} steps of {tuple(self.actions.shape[1:])})"
-            )
-        for key in self.obs:
-            self.obs[key][:n].copy_(state["obs"][key])
-            self.next_obs[key][:n].copy_(state["next_obs"][key])
-        for name in ("actions", "rewards", "terminated", "episode_end"):
-            getattr(self, name)[:n].copy_(state[name])
-        self.n_filled = n
-        self.pos = int(state["pos"]) % self.n_slots
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -437,10 +125,13 @@ class ReplayAlgorithm(Algorithm):
     """Base of the off-policy update rules: action selection and a loop of gradient steps over the buffer.
 
     Subclasses set `self.cfg` (a ReplayConfig) and implement `gradient_step`; they may override `act` (how the
-    loop picks actions) and `update` (what one iteration's learning is).
+    loop picks actions, then also set `selects_actions`) and `update` (what one iteration's learning is).
     """
 
     cfg: ReplayConfig
+    selects_actions: ClassVar[bool] = False
+    """Whether `act` does more than sample the policy (IDQL's candidates, DIPO's target actor): evaluation of a
+    checkpoint then rebuilds the algorithm to act (agent/eval.py)."""
 
     @torch.no_grad()
     def act(self, cond: dict[str, Tensor], deterministic: bool) -> Tensor:
@@ -486,6 +177,38 @@ class ReplayAlgorithm(Algorithm):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+
+class ActorCriticAlgorithm(ReplayAlgorithm):
+    """Base of the replay baselines that learn critics beside the actor (DQL, QSM, DIPO, IDQL, AWR): the actor's
+    parameters and optimiser, the critics with their optimisers, and Polyak target copies of some of them.
+
+    Args:
+        policy: the DiffusionModel (whole network trained).
+        critics: name -> critic module, stored in `modules[name]`, each with an optimiser `name` (critic settings).
+        config: shared replay hyper-parameters.
+        optim: {actor, critic} -> (lr, weight_decay, lr_scheduler block or None).
+        targets: names of critics that get a frozen target copy `modules[<name>_target]` (Polyak-averaged).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        critics: Mapping[str, nn.Module],
+        config: ReplayConfig,
+        optim: Mapping[str, OptimSettings],
+        targets: Iterable[str] = (),
+    ) -> None:
+        super().__init__(policy)
+        self.cfg = config
+        self.actor_params = list(policy.trainable_parameters())
+        self.optimizers["actor"], self.schedulers["actor"] = make_optimizer(self.actor_params, *optim["actor"])
+        targets = set(targets)
+        for name, critic in critics.items():
+            self.modules[name] = critic
+            if name in targets:
+                self.modules[f"{name}_target"] = frozen_copy(critic)
+            self.optimizers[name], self.schedulers[name] = make_optimizer(critic.parameters(), *optim["critic"])
 
 
 def double_q_target(
@@ -657,18 +380,10 @@ class ReplayAgent(FinetuneAgent):
 
 __all__ = [
     "ActingPolicy",
+    "ActorCriticAlgorithm",
     "ReplayAgent",
     "ReplayAlgorithm",
-    "ReplayBuffer",
     "ReplayConfig",
-    "Transitions",
-    "check_baseline_config",
-    "diffusion_loss_per_sample",
     "double_q_loss",
     "double_q_target",
-    "frozen_copy",
-    "make_optimizer",
-    "optimizer_settings",
-    "noisy_actions",
-    "polyak_update",
 ]

@@ -18,19 +18,14 @@ from __future__ import annotations
 
 import torch
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import Tensor
 
-from agent.config import require
+from agent.config import cfg_get, require
+from agent.finetune.baselines import check_baseline_config
 from agent.finetune.buffer import RolloutBuffer, compute_gae
 from agent.finetune.onpolicy import OnPolicyAgent, OnPolicyAlgorithm
-from agent.finetune.replay import (
-    OptimSettings,
-    cfg_get,
-    check_baseline_config,
-    diffusion_loss_per_sample,
-    make_optimizer,
-    optimizer_settings,
-)
+from agent.optim import OptimSettings, make_optimizer, optimizer_settings
+from model.base import Policy
 
 
 def completed_episode_returns(
@@ -73,7 +68,7 @@ class RWR(OnPolicyAlgorithm):
 
     def __init__(
         self,
-        policy: nn.Module,
+        policy: Policy,
         gamma: float,
         beta: float,
         max_reward_weight: float,
@@ -101,7 +96,7 @@ class RWR(OnPolicyAlgorithm):
         optimizer_settings(cfg, "")
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: nn.Module, device: torch.device) -> RWR:
+    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> RWR:
         return cls(
             policy,
             gamma=float(cfg_get(cfg, "train.gamma", 0.99)),
@@ -136,7 +131,7 @@ class RWR(OnPolicyAlgorithm):
             for b in range(max(1, n // bs)):
                 idx = perm[b * bs : (b + 1) * bs]
                 cond = {k: v[idx] for k, v in obs.items()}
-                loss = (weights[idx] * diffusion_loss_per_sample(self.policy, actions[idx], cond)).mean()
+                loss = (weights[idx] * self.policy.loss_per_sample(actions[idx], cond)).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -316,9 +316,10 @@ def make_avoid_env(spec: EnvSpec) -> gym.Env:
     kwargs = dict(spec.env_kwargs)
     penalty = kwargs.pop("collision_penalty", 0.0)
     layout_fields = set(inspect.signature(AvoidLayout).parameters)
-    layout = AvoidLayout(
-        **{k: (tuple(map(tuple, v)) if k == "obstacles" else v) for k, v in kwargs.items() if k in layout_fields}
-    )
+    layout_kwargs: dict[str, Any] = {
+        k: (tuple(map(tuple, v)) if k == "obstacles" else v) for k, v in kwargs.items() if k in layout_fields
+    }
+    layout = AvoidLayout(**layout_kwargs)
     env = AvoidEnv(
         layout,
         collision_penalty=penalty,

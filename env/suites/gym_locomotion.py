@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 
@@ -56,7 +56,7 @@ def _validate_kwargs(name: str, env_kwargs: Mapping[str, Any]) -> None:
         return
     from gymnasium.envs.registration import load_env_creator
 
-    creator = load_env_creator(gym.spec(GYM_IDS[name]).entry_point)
+    creator = load_env_creator(cast(str, gym.spec(GYM_IDS[name]).entry_point))  # MuJoCo envs register a str
     accepted = [p for p in inspect.signature(creator).parameters if p not in ("self", "kwargs")]
     unknown = sorted(set(env_kwargs) - set(accepted))
     if unknown:

@@ -134,7 +134,8 @@ def make_kitchen_env(spec: EnvSpec) -> gym.Env:
     if spec.render:
         # Video frames only (the observation is state): without shadows, reflections and multisampling a CPU
         # (software EGL) frame takes ~0.1 s instead of ~3 s. Rendering fields only; physics is unchanged.
-        model = env.unwrapped.model
+        kitchen: Any = env.unwrapped  # gymnasium_robotics' MujocoEnv (the package ships no type information)
+        model = kitchen.model
         model.light_castshadow[:] = 0
         model.mat_reflectance[:] = 0
         model.vis.quality.offsamples = 0

@@ -45,7 +45,6 @@ from env.wrappers.normalization import image_request
 
 log = logging.getLogger(__name__)
 
-ENV_META_DIR = Path(__file__).resolve().parents[2] / "cfg" / "robomimic" / "env_meta"
 ROBOSUITE_ENV_NAMES = {
     "lift": "Lift",
     "can": "PickPlaceCan",
@@ -91,7 +90,12 @@ def load_env_meta(task: str, env_meta_path: str | Path | None = None, image: boo
         FileNotFoundError: the file does not exist.
         EnvConfigError: its env_name does not belong to `task`.
     """
-    path = Path(env_meta_path) if env_meta_path else ENV_META_DIR / f"{task}{'-img' if image else ''}.json"
+    if env_meta_path:
+        path = Path(env_meta_path)
+    else:
+        from agent.config import CFG_ROOT  # where the configs are: a checkout's cfg/ or the wheel's agent/cfg
+
+        path = CFG_ROOT / "robomimic" / "env_meta" / f"{task}{'-img' if image else ''}.json"
     if not path.is_file():
         raise FileNotFoundError(f"robomimic env_meta file not found: {path}")
     meta = json.loads(path.read_text())

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -110,16 +110,18 @@ class MultiStep(gym.Wrapper):
         self.pass_full_observations = bool(pass_full_observations)
         self._has_rgb = "rgb" in obs_space.spaces
 
-        stacked: dict[str, spaces.Space] = {"state": _stacked_box(obs_space["state"], self.n_obs_steps)}
+        stacked: dict[str, spaces.Space] = {
+            "state": _stacked_box(cast(spaces.Box, obs_space["state"]), self.n_obs_steps)
+        }
         if self._has_rgb:
-            stacked["rgb"] = _stacked_box(obs_space["rgb"], self.n_image_obs_steps)
+            stacked["rgb"] = _stacked_box(cast(spaces.Box, obs_space["rgb"]), self.n_image_obs_steps)
         self.observation_space = spaces.Dict(stacked)
-        action_dim = env.action_space.shape[0]
+        action_dim = cast(spaces.Box, env.action_space).shape[0]
         self.action_space = spaces.Box(-1.0, 1.0, shape=(self.n_action_steps, action_dim), dtype=np.float32)
 
         # Fused fast path over a task wrapper (see the module docstring); history entries are [raw obs, obs].
         self._task = env if isinstance(env, NormalizedTask) else None
-        self._inner = env.env if self._task is not None else env
+        self._inner = self._task.env if self._task is not None else env
         self._history: deque[list[Any]] = deque(maxlen=self.n_obs_steps)
         self._elapsed = 0
         self._episode_return = 0.0
@@ -130,6 +132,7 @@ class MultiStep(gym.Wrapper):
 
     def _converted(self, entry: list[Any]) -> dict[str, np.ndarray]:
         if entry[1] is None:
+            assert self._task is not None  # only entries made over a task wrapper start unconverted
             entry[1] = self._task.observation(entry[0])
         return entry[1]
 

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -60,13 +60,24 @@ class Normalization:
                 "in script/dataset/; set the wrapper's normalization_path to null for identity scaling)"
             )
         with np.load(path) as data:
-            missing = [k for k in ("obs_min", "obs_max", "action_min", "action_max") if k not in data]
-            if missing:
-                raise EnvConfigError(f"{path}: missing key(s) {missing}")
-            arrays = {k: np.asarray(data[k], dtype=np.float64).reshape(-1) for k in data.files}
-        norm = cls(arrays["obs_min"], arrays["obs_max"], arrays["action_min"], arrays["action_max"])
+            return cls.from_arrays({k: data[k] for k in data.files}, str(path))
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Any], source: str) -> Normalization:
+        """The statistics from a mapping with the npz keys (e.g. those a checkpoint carries); `source` names it in
+        errors.
+
+        Raises:
+            EnvConfigError: a key is missing or the shapes disagree.
+        """
+        missing = [k for k in ("obs_min", "obs_max", "action_min", "action_max") if k not in arrays]
+        if missing:
+            raise EnvConfigError(f"{source}: missing key(s) {missing}")
+        flat = {k: np.asarray(arrays[k], dtype=np.float64).reshape(-1) for k in ("obs_min", "obs_max")}
+        flat |= {k: np.asarray(arrays[k], dtype=np.float64).reshape(-1) for k in ("action_min", "action_max")}
+        norm = cls(flat["obs_min"], flat["obs_max"], flat["action_min"], flat["action_max"])
         if norm.obs_min.shape != norm.obs_max.shape or norm.action_min.shape != norm.action_max.shape:
-            raise EnvConfigError(f"{path}: min/max shapes differ")
+            raise EnvConfigError(f"{source}: min/max shapes differ")
         return norm
 
     @classmethod
@@ -105,14 +116,22 @@ class Normalization:
         return (action + 1.0) / 2.0 * (self.action_max - self.action_min + _EPS) + self.action_min
 
 
-def _load_normalization(path: str | None, obs_dim: int, action_dim: int, where: str) -> Normalization:
-    if path is None:
+def _load_normalization(
+    path: str | None, arrays: Mapping[str, Any] | None, obs_dim: int, action_dim: int, where: str
+) -> Normalization:
+    """The statistics a task wrapper uses: `arrays` when given, else the file at `path`, else identity."""
+    if arrays is not None:
+        source = "the given normalization arrays"
+        norm = Normalization.from_arrays(arrays, source)
+    elif path is None:
         log.info("%s: normalization_path is null -> identity normalisation", where)
         return Normalization.identity(obs_dim, action_dim)
-    norm = Normalization.from_npz(path)
+    else:
+        source = str(path)
+        norm = Normalization.from_npz(path)
     if norm.obs_dim != obs_dim or norm.action_dim != action_dim:
         raise EnvConfigError(
-            f"{where}: {path} has obs dim {norm.obs_dim} / action dim {norm.action_dim}, but the env has "
+            f"{where}: {source} has obs dim {norm.obs_dim} / action dim {norm.action_dim}, but the env has "
             f"obs dim {obs_dim} / action dim {action_dim}"
         )
     return norm
@@ -199,20 +218,28 @@ class LowdimNormalization(NormalizedTask):
         env: raw env with a Box observation space (Do,) and a Box action space (Da,).
         normalization_path: normalization.npz, or None for identity scaling.
         clamp_obs: clip normalised observations to [-1, 1].
+        normalization: the statistics as arrays (obs_min, obs_max, action_min, action_max), used instead of
+            normalization_path (e.g. those a checkpoint carries).
     """
 
-    def __init__(self, env: gym.Env, normalization_path: str | None = None, clamp_obs: bool = False) -> None:
+    def __init__(
+        self,
+        env: gym.Env,
+        normalization_path: str | None = None,
+        clamp_obs: bool = False,
+        normalization: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(env)
         if not isinstance(env.observation_space, spaces.Box) or len(env.observation_space.shape) != 1:
             raise EnvConfigError(f"low-dim normalisation needs a flat Box observation, got {env.observation_space}")
         obs_dim = env.observation_space.shape[0]
-        action_dim = env.action_space.shape[0]
-        norm = _load_normalization(normalization_path, obs_dim, action_dim, "low-dim normalisation")
+        action_dim = cast(spaces.Box, env.action_space).shape[0]
+        norm = _load_normalization(normalization_path, normalization, obs_dim, action_dim, "low-dim normalisation")
         self._setup(norm, clamp_obs)
 
 
 def _check_keys(env: gym.Env, keys: Sequence[str], what: str) -> None:
-    available = list(env.observation_space.spaces)
+    available = list(cast(spaces.Dict, env.observation_space).spaces)
     unknown = [k for k in keys if k not in available]
     if unknown:
         raise EnvConfigError(f"{what}: unknown observation key(s) {unknown}; available: {', '.join(available)}")
@@ -238,6 +265,8 @@ class RobomimicLowdim(NormalizedTask):
         low_dim_keys: keys to concatenate, in order. None: the task's robomimic default
             (robot0_eef_pos, robot0_eef_quat, robot0_gripper_qpos [, robot1_...], object).
         clamp_obs: clip normalised observations to [-1, 1].
+        normalization: the statistics as arrays (obs_min, obs_max, action_min, action_max), used instead of
+            normalization_path (e.g. those a checkpoint carries).
     """
 
     def __init__(
@@ -246,12 +275,15 @@ class RobomimicLowdim(NormalizedTask):
         normalization_path: str | None = None,
         low_dim_keys: Sequence[str] | None = None,
         clamp_obs: bool = False,
+        normalization: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(env)
         self.low_dim_keys = list(low_dim_keys) if low_dim_keys is not None else _default_low_dim_keys(env, True)
         _check_keys(env, self.low_dim_keys, "robomimic_lowdim.low_dim_keys")
-        obs_dim = sum(int(np.prod(env.observation_space[k].shape)) for k in self.low_dim_keys)
-        norm = _load_normalization(normalization_path, obs_dim, env.action_space.shape[0], "robomimic_lowdim")
+        obs_space = cast(spaces.Dict, env.observation_space)  # robosuite: a Dict of Boxes
+        obs_dim = sum(int(np.prod(cast(spaces.Box, obs_space[k]).shape)) for k in self.low_dim_keys)
+        action_dim = cast(spaces.Box, env.action_space).shape[0]
+        norm = _load_normalization(normalization_path, normalization, obs_dim, action_dim, "robomimic_lowdim")
         self._setup(norm, clamp_obs, self.low_dim_keys)
 
 
@@ -310,6 +342,8 @@ class RobomimicImage(NormalizedTask):
             render size and is checked against the env.
         image_size: [H, W], an alternative to shape_meta.
         clamp_obs: clip the normalised state to [-1, 1].
+        normalization: the statistics as arrays (obs_min, obs_max, action_min, action_max), used instead of
+            normalization_path (e.g. those a checkpoint carries).
     """
 
     def __init__(
@@ -321,22 +355,24 @@ class RobomimicImage(NormalizedTask):
         shape_meta: Mapping[str, Any] | None = None,
         image_size: Sequence[int] | None = None,
         clamp_obs: bool = False,
+        normalization: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(env)
         self.low_dim_keys = list(low_dim_keys) if low_dim_keys is not None else _default_low_dim_keys(env, False)
+        obs_space = cast(spaces.Dict, env.observation_space)  # robosuite: a Dict of Boxes
         if image_keys is None:
-            image_keys = [k for k in env.observation_space.spaces if k.endswith("_image")]
+            image_keys = [k for k in obs_space.spaces if k.endswith("_image")]
         self.image_keys = list(image_keys)
         if not self.image_keys:
             raise EnvConfigError("robomimic_image: the env renders no camera; set image_keys")
         _check_keys(env, self.low_dim_keys, "robomimic_image.low_dim_keys")
         _check_keys(env, self.image_keys, "robomimic_image.image_keys")
         image_request({"image_keys": self.image_keys, "shape_meta": shape_meta, "image_size": image_size})
-        shapes = [env.observation_space[k].shape for k in self.image_keys]
+        shapes = [cast(spaces.Box, obs_space[k]).shape for k in self.image_keys]
         if len({s[1:] for s in shapes}) != 1:
             raise EnvConfigError(f"robomimic_image: cameras {self.image_keys} have different sizes {shapes}")
         rgb_shape = (sum(s[0] for s in shapes), *shapes[0][1:])
-        obs_dim = sum(int(np.prod(env.observation_space[k].shape)) for k in self.low_dim_keys)
+        obs_dim = sum(int(np.prod(cast(spaces.Box, obs_space[k]).shape)) for k in self.low_dim_keys)
         if shape_meta is not None:
             meta_rgb = tuple(shape_meta["obs"]["rgb"]["shape"])
             if meta_rgb != rgb_shape:
@@ -347,6 +383,7 @@ class RobomimicImage(NormalizedTask):
                     f"robomimic_image: low_dim_keys {self.low_dim_keys} give {obs_dim} dims, "
                     f"shape_meta.obs.state says {list(meta_state)}"
                 )
-        norm = _load_normalization(normalization_path, obs_dim, env.action_space.shape[0], "robomimic_image")
+        action_dim = cast(spaces.Box, env.action_space).shape[0]
+        norm = _load_normalization(normalization_path, normalization, obs_dim, action_dim, "robomimic_image")
         rgb_space = spaces.Box(0, 255, shape=rgb_shape, dtype=np.uint8)
         self._setup(norm, clamp_obs, self.low_dim_keys, self.image_keys, rgb_space)

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from model.encoder.base import build_head, encode_observation
+from model.encoder.base import ImageEncoder, build_head, encode_observation
 
 
 class VisionNetwork(nn.Module):
@@ -38,7 +38,7 @@ class VisionNetwork(nn.Module):
         returns for ``{"state": (B, 1, feature_dim)}`` (e.g. ``(mean, scale)`` or values ``(B,)``).
     """
 
-    def __init__(self, encoder: nn.Module, head: Callable[..., nn.Module] | nn.Module, cond_dim: int) -> None:
+    def __init__(self, encoder: ImageEncoder, head: Callable[..., nn.Module] | nn.Module, cond_dim: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.cond_dim = int(cond_dim)

@@ -18,13 +18,12 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.base import Sample, freeze
+from model.base import Policy, Sample, freeze
 from model.diffusion.schedule import (
     DDIM_SIGMA_FLOOR,
     cosine_beta_schedule,
@@ -57,7 +56,8 @@ def _denoise_fn(net: nn.Module, cond: dict[str, Tensor], steps: Tensor) -> Calla
     prepare = getattr(net, "prepare_steps", None)
     if prepare is not None:
         context = prepare(cond, steps)
-        return lambda x, i: net.forward_step(x, i, context)
+        stepper: Any = net  # duck-typed: a network with `prepare_steps` also has `forward_step`
+        return lambda x, i: stepper.forward_step(x, i, context)
     encoded = _encode_cond(net, cond)
     times = steps.view(-1, 1).expand(-1, b)
     return lambda x, i: net(x, times[i], encoded)
@@ -77,7 +77,7 @@ class _StepCoefs(NamedTuple):
     alpha_prev: Tensor  # DDIM only
 
 
-class DiffusionModel(nn.Module):
+class DiffusionModel(Policy):
     """Diffusion policy over action chunks ``(B, Ta, Da)`` conditioned on an observation dict.
 
     Args:
@@ -103,6 +103,33 @@ class DiffusionModel(nn.Module):
             None means eta = 1 (DDIM then has DDPM's per-step noise, see tests). Ignored for DDPM.
         learn_eta: train the eta module (DDIM only); otherwise its parameters are frozen.
     """
+
+    has_base_policy = True  # the frozen pretrained denoiser is `network` (sample(use_base_policy=True))
+
+    # Non-persistent buffers registered by `_register_schedule` (DDPM constants, then the per-loop-step table).
+    betas: Tensor
+    alphas: Tensor
+    alphas_cumprod: Tensor
+    alphas_cumprod_prev: Tensor
+    sqrt_alphas_cumprod: Tensor
+    sqrt_one_minus_alphas_cumprod: Tensor
+    sqrt_recip_alphas_cumprod: Tensor
+    sqrt_recipm1_alphas_cumprod: Tensor
+    posterior_variance: Tensor
+    posterior_logvar_clipped: Tensor
+    posterior_std: Tensor
+    posterior_mean_coef1: Tensor
+    posterior_mean_coef2: Tensor
+    step_t: Tensor
+    step_x0_x: Tensor
+    step_x0_eps: Tensor
+    step_mean_x0: Tensor
+    step_mean_x: Tensor
+    step_std: Tensor
+    step_eps_x: Tensor
+    step_eps_x0: Tensor
+    step_alpha_prev: Tensor
+    step_det_std: Tensor
 
     def __init__(
         self,
@@ -304,6 +331,10 @@ class DiffusionModel(nn.Module):
             params += list(self.eta.parameters())
         return params
 
+    def eta_parameters(self) -> list[nn.Parameter]:
+        """The learned eta module's parameters when ``learn_eta`` (DDIM), else none."""
+        return list(self.eta.parameters()) if self.learn_eta and self.eta is not None else []
+
     def load_base_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> None:
         """Load pre-trained denoiser weights into ``network`` and re-copy them into ``actor_ft``.
 
@@ -321,10 +352,42 @@ class DiffusionModel(nn.Module):
         if self.actor_ft is not None:
             self.actor_ft.load_state_dict(self.network.state_dict())
 
-    def loss(self, actions: Tensor, cond: dict[str, Tensor]) -> Tensor:
-        """Behaviour-cloning loss: MSE between the predicted and the true noise (or x0).
+    def noised(self, actions: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Forward diffusion q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
 
-        See docs/algorithms.md#denoising-loss.
+        Args:
+            actions: x_0, ``(B, Ta, Da)``.
+            t: ``(B,)`` long timesteps in [0, K).
+            noise: eps, ``(B, Ta, Da)``.
+        """
+        b = actions.shape[0]
+        return (
+            self.sqrt_alphas_cumprod[t].view(b, 1, 1) * actions
+            + self.sqrt_one_minus_alphas_cumprod[t].view(b, 1, 1) * noise
+        )
+
+    def loss_per_sample(self, actions: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """The behaviour-cloning loss of each sample, for reward- or advantage-weighted regression (RWR, AWR).
+
+        A timestep t ~ U{0..K-1} and noise eps per sample; mean over (Ta, Da) of (eps_theta(x_t, t, s) - eps)^2 (or of
+        the x_0 error without epsilon prediction). See docs/algorithms.md#denoising-loss.
+
+        Args:
+            actions: ``(B, Ta, Da)`` action chunks (x_0, normalised).
+            cond: observation dict with batch size B.
+
+        Returns:
+            ``(B,)`` losses.
+        """
+        b = actions.shape[0]
+        t = torch.randint(0, self.denoising_steps, (b,), device=actions.device)
+        noise = torch.randn_like(actions)
+        pred = self.trainable_network(self.noised(actions, t, noise), t, cond)
+        return (pred - (noise if self.predict_epsilon else actions)).square().mean(dim=(1, 2))
+
+    def loss(self, actions: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """Behaviour-cloning loss: MSE between the predicted and the true noise (or x0), the mean of
+        ``loss_per_sample`` over the batch (docs/algorithms.md#denoising-loss).
 
         Trains ``trainable_network`` (``network`` when K' = 0, i.e. in pretraining).
 
@@ -335,15 +398,7 @@ class DiffusionModel(nn.Module):
         Returns:
             Scalar loss (mean over all B * Ta * Da elements).
         """
-        b = actions.shape[0]
-        t = torch.randint(0, self.denoising_steps, (b,), device=actions.device)
-        noise = torch.randn_like(actions)
-        x_t = (
-            self.sqrt_alphas_cumprod[t].view(b, 1, 1) * actions
-            + self.sqrt_one_minus_alphas_cumprod[t].view(b, 1, 1) * noise
-        )
-        pred = self.trainable_network(x_t, t, cond)
-        return F.mse_loss(pred, noise if self.predict_epsilon else actions)
+        return self.loss_per_sample(actions, cond).mean()
 
     def sample(
         self,
@@ -407,7 +462,9 @@ class DiffusionModel(nn.Module):
         base_fn = _denoise_fn(self.network, cond, self.step_t) if first_ft > 0 else None
         ft_fn = _denoise_fn(self.actor_ft, cond, self.step_t) if first_ft < n and self.actor_ft is not None else None
         for i in range(n):
-            out = ft_fn(x, i) if i >= first_ft else base_fn(x, i)
+            step_fn = ft_fn if i >= first_ft else base_fn
+            assert step_fn is not None  # ft_fn exists when first_ft < n, base_fn when first_ft > 0
+            out = step_fn(x, i)
             x0 = torch.add(x * fl["x0_x"][i], out, alpha=-fl["x0_eps"][i]) if self.predict_epsilon else out
             if clip is not None:
                 x0 = x0.clamp(-clip, clip)

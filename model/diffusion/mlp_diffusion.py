@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,7 @@ class DiffusionMLP(nn.Module):
         act_flat = action_dim * horizon_steps
         dims = [act_flat + time_dim + cond_out, *mlp_dims, act_flat]
         if residual_style:
-            self.mlp_mean: nn.Module = ResidualMLP(
+            self.mlp_mean: MLP | ResidualMLP = ResidualMLP(
                 dims,
                 activation_type=activation_type,
                 out_activation_type=out_activation_type,
@@ -95,7 +96,7 @@ class DiffusionMLP(nn.Module):
         state = cond["state"].reshape(b, -1)
         if self.cond_mlp is not None:
             state = self.cond_mlp(state)
-        first = self.mlp_mean.layers[0]
+        first = cast(nn.Linear, self.mlp_mean.layers[0])  # both MLPs start with a Linear layer
         w_x, w_t, w_s = first.weight.split([self.action_dim * self.horizon_steps, self.time_dim, state.shape[1]], 1)
         rest = self.mlp_mean.layers[1:]
         return w_x, F.linear(state, w_s, first.bias), F.linear(self.time_embedding(steps), w_t), rest

@@ -8,7 +8,8 @@ Channels run along the action dimension and the convolution runs along the horiz
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -248,13 +249,13 @@ class Unet1D(nn.Module):
 
         h = x.transpose(1, 2)  # (B, Da, Ta): actions are channels, the horizon is the sequence
         skips: list[Tensor] = []
-        for res1, res2, down in self.down_modules:  # type: ignore[misc]
+        for res1, res2, down in cast("Iterable[nn.ModuleList]", self.down_modules):
             h = res2(res1(h, g), g)
             skips.append(h)
             h = down(h)
         for block in self.mid_modules:
             h = block(h, g)
-        for res1, res2, up in self.up_modules:  # type: ignore[misc]
+        for res1, res2, up in cast("Iterable[nn.ModuleList]", self.up_modules):
             h = torch.cat((h, skips.pop()), dim=1)
             h = up(res2(res1(h, g), g))
         return self.final_conv(h).transpose(1, 2)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from model.encoder.base import build_head, encode_observation
+from model.encoder.base import ImageEncoder, build_head, encode_observation
 
 ENCODED_KEY = "encoded_obs"
 """Key of the encoded observation ``(B, F)`` in the dict returned by :meth:`VisionDenoiser.encode_cond`."""
@@ -36,7 +36,7 @@ class VisionDenoiser(nn.Module):
         -> (B, Ta, Da)``; ``cond`` may instead be the output of :meth:`encode_cond`.
     """
 
-    def __init__(self, encoder: nn.Module, denoiser: Callable[..., nn.Module] | nn.Module, cond_dim: int) -> None:
+    def __init__(self, encoder: ImageEncoder, denoiser: Callable[..., nn.Module] | nn.Module, cond_dim: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.cond_dim = int(cond_dim)

@@ -124,9 +124,9 @@ class RandomCrop(nn.Module):
         if not self.training:
             top, left = (height - h) // 2, (width - w) // 2
             return images[:, :, top : top + h, left : left + w]
-        top = torch.randint(0, height - h + 1, (n,), device=images.device)
-        left = torch.randint(0, width - w + 1, (n,), device=images.device)
-        return crop_at(images, top, left, h, w)
+        tops = torch.randint(0, height - h + 1, (n,), device=images.device)
+        lefts = torch.randint(0, width - w + 1, (n,), device=images.device)
+        return crop_at(images, tops, lefts, h, w)
 
     def extra_repr(self) -> str:
         return f"size={self.size}"

@@ -13,6 +13,7 @@ Differences from torchvision's ResNet-18, on purpose:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -205,7 +206,7 @@ class ResNetEncoder(ImageEncoder):
         self.trunks = nn.ModuleList(
             ResNet18(self.in_channels, base_width, blocks, group_norm_divisor) for _ in range(n_trunks)
         )
-        trunk = self.trunks[0]
+        trunk = cast(ResNet18, self.trunks[0])
         h, w = trunk.output_size(*self.trunk_size)
         self.heads = nn.ModuleList(
             nn.Sequential(

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from model.base import Sample
+from model.base import Policy, Sample
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -23,7 +23,7 @@ def check_single_step(chain: Tensor, step: Tensor | None, horizon_steps: int, ac
         raise ValueError("a single-transition policy only has step 0")
 
 
-class GaussianModel(nn.Module):
+class GaussianModel(Policy):
     """Policy ``a ~ N(mean(s), diag(scale(s)^2))`` over action chunks.
 
     Args:
@@ -81,17 +81,25 @@ class GaussianModel(nn.Module):
         entropy = (0.5 + _HALF_LOG_2PI + scale.log()).mean()
         return nll - self.ent_coef * entropy
 
-    def sample(self, cond: dict[str, Tensor], deterministic: bool = False, return_chain: bool = False) -> Sample:
+    def sample(
+        self,
+        cond: dict[str, Tensor],
+        deterministic: bool = False,
+        return_chain: bool = False,
+        use_base_policy: bool = False,
+    ) -> Sample:
         """Sample action chunks (reparameterised, so gradients reach the network).
 
         Args:
             cond: observation dict with batch size B.
             deterministic: return the mean.
             return_chain: also return the chain ``(B, 2, Ta, Da)``: a zero dummy start and the action.
+            use_base_policy: must be False: this family keeps no frozen base policy.
 
         Returns:
             :class:`~model.base.Sample` with ``actions`` ``(B, Ta, Da)``.
         """
+        self._no_base_policy(use_base_policy)
         mean, scale = self.mean_scale(cond)
         if deterministic:
             actions = mean

@@ -10,13 +10,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from model.base import Sample
+from model.base import Policy, Sample
 from model.gaussian.model import check_single_step
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-class GMMModel(nn.Module):
+class GMMModel(Policy):
     """Policy ``p(a | s) = sum_m w_m(s) N(a | mu_m(s), diag(sigma_m(s)^2))`` over flattened action chunks.
 
     This is ``MixtureSameFamily(Categorical(logits), Independent(Normal(means, scales), 1))`` with the event
@@ -77,7 +77,13 @@ class GMMModel(nn.Module):
             return nll
         return nll - self.ent_coef * self._entropy(scales, logits).mean()
 
-    def sample(self, cond: dict[str, Tensor], deterministic: bool = False, return_chain: bool = False) -> Sample:
+    def sample(
+        self,
+        cond: dict[str, Tensor],
+        deterministic: bool = False,
+        return_chain: bool = False,
+        use_base_policy: bool = False,
+    ) -> Sample:
         """Sample a mode, then a chunk from it (reparameterised given the mode).
 
         Args:
@@ -86,10 +92,12 @@ class GMMModel(nn.Module):
                 (docs/algorithms.md#d15-deterministic-gmm); taking the arg-max is a deliberate fix so evaluation is
                 repeatable.
             return_chain: also return the chain ``(B, 2, Ta, Da)``: a zero dummy start and the action.
+            use_base_policy: must be False: this family keeps no frozen base policy.
 
         Returns:
             :class:`~model.base.Sample` with ``actions`` ``(B, Ta, Da)``.
         """
+        self._no_base_policy(use_base_policy)
         means, scales, logits = self.network(cond)
         if deterministic:
             mode = logits.argmax(dim=-1)

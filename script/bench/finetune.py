@@ -42,7 +42,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from agent.checkpoint import save_checkpoint  # noqa: E402
 from agent.config import CFG_ROOT, compose, instantiate  # noqa: E402
-from agent.finetune.base import make_env  # noqa: E402
+from agent.rollout import make_env  # noqa: E402
 from env.pipeline import PipelinedVectorEnv  # noqa: E402
 from script.bench.inputs import unit_stats, write_normalization  # noqa: E402
 from script.bench.timing import Clock, interleaved_rounds, paired  # noqa: E402

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from omegaconf import OmegaConf
 
-    from agent.finetune.base import make_env
+    from agent.rollout import make_env
 
     cores = args.cores or available_cores()
     start = time.perf_counter()

@@ -37,8 +37,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from agent.config import CFG_ROOT, compose  # noqa: E402
-from agent.finetune.base import actions_to_numpy, obs_to_tensor  # noqa: E402
 from agent.finetune.ppo import PPOAgent  # noqa: E402
+from agent.rollout import actions_to_numpy, obs_to_tensor  # noqa: E402
 from script.dataset.common import denormalize, log_dir, task_dir, write_dataset  # noqa: E402
 
 log = logging.getLogger("generate_locomotion")
@@ -117,7 +117,7 @@ def train_behaviour_policy(
 def record(agent: BandStopPPO, n_transitions: int, seed: int, record_std: float = 0.1) -> dict[str, np.ndarray]:
     """Roll out the policy (mean + N(0, record_std^2) noise; record_std < 0: the PPO policy's own sampling) and
     return raw states/actions/rewards/terminals of finished episodes."""
-    from agent.finetune.base import make_env
+    from agent.rollout import make_env
 
     env = make_env(agent.cfg, agent.logdir, None, seed)
     agent.policy.eval()

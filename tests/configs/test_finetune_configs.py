@@ -142,7 +142,7 @@ ENV_CONFIGS = sorted({*CFG_ROOT.glob("*/finetune/*/ft_*.yaml"), *CFG_ROOT.glob("
 def test_success_rate_only_where_the_task_has_success(path: Path):
     """Locomotion has returns and no success: no threshold (DPPO's 3 meant "some chunk reached reward 3 per step")
     and no success flag, so no success_rate is logged; every other task has one or the other."""
-    from agent.finetune.base import env_reports_success
+    from agent.rollout import env_reports_success
 
     cfg = compose(path.parent, path.stem, ["wandb=null"])
     threshold = cfg.env.best_reward_threshold_for_success

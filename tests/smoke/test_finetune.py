@@ -250,8 +250,8 @@ def test_pipelined_rollout_records_what_the_envs_did(base: Path):
     to the chain's action, checked by replaying the stored actions in a plain vector env from the same seed."""
     import numpy as np
 
-    from agent.finetune.base import make_env
     from agent.finetune.ppo import PPOAgent
+    from agent.rollout import make_env
     from env.pipeline import PipelinedVectorEnv
 
     cfg = finetune_config("diffusion", base, 1, ["env.max_episode_steps=4", "+env.env_kwargs.episode_steps=10"])

@@ -18,15 +18,11 @@ from agent.finetune.dipo import DIPO
 from agent.finetune.dql import DQL
 from agent.finetune.idql import IDQL
 from agent.finetune.qsm import QSM
-from agent.finetune.replay import (
-    ReplayBuffer,
-    ReplayConfig,
-    Transitions,
-    diffusion_loss_per_sample,
-    polyak_update,
-)
+from agent.finetune.replay import ReplayConfig
+from agent.finetune.replay_buffer import ReplayBuffer, Transitions
 from agent.finetune.rwr import RWR, completed_episode_returns
 from agent.logger import read_metrics
+from agent.optim import polyak_update
 from model.common.critic import CriticObs, CriticObsAct
 from model.diffusion.diffusion import DiffusionModel
 from model.diffusion.mlp_diffusion import DiffusionMLP
@@ -119,15 +115,22 @@ def test_polyak_update_closed_form():
     torch.testing.assert_close(target.weight, 0.75 * t0 + 0.25 * s0)
 
 
-def test_per_sample_diffusion_loss_averages_to_the_policy_loss():
+def test_per_sample_diffusion_loss_is_the_hand_computed_noise_error_and_averages_to_the_policy_loss():
     policy = make_policy()
     batch = fixed_batch()
     torch.manual_seed(5)
-    per_sample = diffusion_loss_per_sample(policy, batch.actions, batch.obs)
+    per_sample = policy.loss_per_sample(batch.actions, batch.obs)
+    # by hand: the same draws (t, then eps), x_t = sqrt(abar_t) a + sqrt(1 - abar_t) eps, mean (eps_theta - eps)^2
     torch.manual_seed(5)
-    total = policy.loss(batch.actions, batch.obs)
+    t = torch.randint(0, policy.denoising_steps, (B,))
+    eps = torch.randn_like(batch.actions)
+    abar = torch.cumprod(1.0 - policy.betas, dim=0)[t].view(B, 1, 1)
+    x_t = abar.sqrt() * batch.actions + (1.0 - abar).sqrt() * eps
+    expected = (policy.network(x_t, t, batch.obs) - eps).square().mean(dim=(1, 2))
     assert per_sample.shape == (B,)
-    torch.testing.assert_close(per_sample.mean(), total)
+    torch.testing.assert_close(per_sample, expected)
+    torch.manual_seed(5)
+    torch.testing.assert_close(policy.loss(batch.actions, batch.obs), expected.mean())
 
 
 @pytest.mark.parametrize(
@@ -307,7 +310,7 @@ def test_awr_update_lowers_its_objectives():
     def weighted(b: Transitions) -> Tensor:
         adv = algo._advantages[b.indices]
         w = torch.exp(algo.beta * (adv - adv.mean()) / (adv.std() + 1e-6)).clamp(max=algo.max_weight)
-        return (w * diffusion_loss_per_sample(policy, b.actions, b.obs)).mean()
+        return (w * policy.loss_per_sample(b.actions, b.obs)).mean()
 
     before, after = actor_steps_lower(algo, weighted, batch, steps=60)
     assert after < 0.8 * before, (before, after)
@@ -338,7 +341,7 @@ def test_rwr_update_lowers_its_weighted_loss_and_favours_high_returns():
     assert w[r.argmax()] == w.max() and w[r.argmin()] < 1e-3
     actions = buf.chains[:, :, -1].reshape(64, TA, DA)
     obs = {"state": buf.obs["state"].reshape(64, 1, DO)}
-    loss = lambda: (w * diffusion_loss_per_sample(policy, actions, obs)).mean()  # noqa: E731
+    loss = lambda: (w * policy.loss_per_sample(actions, obs)).mean()  # noqa: E731
     before = seeded(loss)
     out = algo.update(buf)
     assert out["n_samples"] == 64 and math.isfinite(out["loss"])

@@ -204,7 +204,7 @@ def test_reset_drops_the_answers_of_abandoned_steps():
 def test_step_env_groups_overlaps_groups_with_the_plain_env_results():
     import torch
 
-    from agent.finetune.base import step_env_groups
+    from agent.rollout import step_env_groups
 
     plain = make_vec_env(cfg("avoid_m1", "d3il_lowdim", 3, max_episode_steps=12), seed=2)
     piped = make_vec_env(cfg("avoid_m1", "d3il_lowdim", 3, max_episode_steps=12, pipeline=True), seed=2)

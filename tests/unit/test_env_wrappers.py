@@ -253,6 +253,44 @@ def test_normalization_file_errors(tmp_path: Path) -> None:
         LowdimNormalization(CountingEnv(), normalization_path=str(path))
 
 
+def test_normalization_given_as_arrays_is_used_instead_of_the_file(tmp_path: Path) -> None:
+    """A checkpoint's statistics reach the wrapper as arrays (no file in the run folder): the same obs and actions
+    as from the file, and they win over a normalization_path."""
+    stats = {"obs_min": [0, 0, -10, 0], "obs_max": [10, 10, 10, 1], "action_min": [0, 0], "action_max": [2, 2]}
+    from_file = LowdimNormalization(
+        CountingEnv(), normalization_path=str(write_norm(tmp_path / "n.npz", *stats.values()))
+    )
+    other = write_norm(tmp_path / "other.npz", [0, 0, 0, 0], [1, 1, 1, 1], [0, 0], [1, 1])
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in stats.items()}
+    from_arrays = LowdimNormalization(CountingEnv(), normalization_path=str(other), normalization=arrays)
+    for env in (from_file, from_arrays):
+        env.reset(seed=0)
+    a = np.array([1.0, -0.5], np.float32)
+    np.testing.assert_allclose(from_arrays.step(a)[0]["state"], from_file.step(a)[0]["state"], atol=1e-6)
+    assert from_arrays.unwrapped.last_action == pytest.approx(from_file.unwrapped.last_action)
+    with pytest.raises(EnvConfigError, match=r"normalization arrays: missing key\(s\) \['action_max'\]"):
+        LowdimNormalization(CountingEnv(), normalization={k: v for k, v in arrays.items() if k != "action_max"})
+    with pytest.raises(EnvConfigError, match="given normalization arrays has obs dim 2"):
+        LowdimNormalization(CountingEnv(), normalization={**arrays, "obs_min": [0, 0], "obs_max": [1, 1]})
+
+
+def test_a_missing_normalization_file_falls_back_to_the_checkpoints_arrays(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from agent.errors import DataError
+    from agent.rollout import env_config
+
+    cfg = OmegaConf.create({"env": {"wrappers": {"d3il_lowdim": {"normalization_path": str(tmp_path / "gone.npz")}}}})
+    stats = {"obs_min": np.zeros(4), "obs_max": np.ones(4), "action_min": -np.ones(2), "action_max": np.ones(2)}
+    kwargs = env_config(cfg, tmp_path, stats)["wrappers"]["d3il_lowdim"]
+    assert kwargs["normalization_path"] is None
+    assert kwargs["normalization"].keys() == stats.keys()
+    np.testing.assert_array_equal(kwargs["normalization"]["obs_max"], np.ones(4))
+    assert list(tmp_path.iterdir()) == []  # nothing written to the run folder
+    with pytest.raises(DataError, match="checkpoint carries no normalization"):
+        env_config(cfg, tmp_path, None)
+
+
 # ---------------------------------------------------------------------------------------------- vector env
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_vector_autoreset_final_obs_and_episode_stats(asynchronous: bool) -> None:

@@ -1,4 +1,4 @@
-"""Evaluation rollouts (`agent.finetune.base.run_episodes`): which episodes count, when the rollout stops, the
+"""Evaluation rollouts (`agent.rollout.run_episodes`): which episodes count, when the rollout stops, the
 progress bar, and success_rate only where the env has a success signal."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from agent.finetune.base import run_episodes
+from agent.rollout import run_episodes
 from model.base import Sample
 
 
@@ -125,6 +125,6 @@ def test_success_rate_only_with_a_success_signal(threshold: float | None, report
 def test_which_suites_have_a_success_signal(env_name: str, reports: bool):
     from omegaconf import OmegaConf
 
-    from agent.finetune.base import env_reports_success
+    from agent.rollout import env_reports_success
 
     assert env_reports_success(OmegaConf.create({"env": {"name": env_name}})) is reports
