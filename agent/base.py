@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -41,8 +42,8 @@ class BaseAgent(ABC):
         wandb_cfg = OmegaConf.select(cfg, "wandb", default=None)
         self.logger = Logger(
             self.logdir,
-            wandb_cfg=OmegaConf.to_container(wandb_cfg) if wandb_cfg else None,
-            config=OmegaConf.to_container(cfg),
+            wandb_cfg=cast(dict, OmegaConf.to_container(wandb_cfg)) if wandb_cfg else None,
+            config=cast(dict, OmegaConf.to_container(cfg)),
         )
         log.info("run folder: %s (device %s, seed %d)", self.logdir, self.device, self.seed)
 
@@ -50,8 +51,8 @@ class BaseAgent(ABC):
         """Agent-specific config checks, run before any work; raise `ConfigError` with one clear line."""
 
     @abstractmethod
-    def run(self) -> None:
-        """Do the agent's work (train, fine-tune or evaluate)."""
+    def run(self) -> dict[str, Any] | None:
+        """Do the agent's work (train, fine-tune or evaluate); evaluation returns its result."""
 
 
 def fresh_run_dir(logdir: Path) -> Path:

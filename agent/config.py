@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from agent.errors import ConfigError
 
@@ -150,7 +150,11 @@ def register_resolvers() -> None:
 
 
 def register_search_path() -> None:
-    """Add `cfg/` to Hydra's config search path so experiment files can compose `/common/...` pieces."""
+    """Add `cfg/` to Hydra's config search path so experiment files can compose `/common/...` pieces, and the typed
+    schemas (agent/schemas.py) to its ConfigStore so they can compose `/schema/...`."""
+    from agent.schemas import register_schemas
+
+    register_schemas()
     from hydra.core.config_search_path import ConfigSearchPath
     from hydra.core.plugins import Plugins
     from hydra.plugins.search_path_plugin import SearchPathPlugin
@@ -386,6 +390,9 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: list[st
                         f"whose defaults use cfg/{key}/"
                     ) from exc
             raise ConfigError(f"{key} is not a key of this config; {_suggest(base, key)}") from exc
+        if isinstance(cause, ValidationError) and cause.full_key:  # a typed block's value of the wrong type
+            reason = str(cause).strip().splitlines()[0]
+            raise ConfigError(f"{cause.full_key}: {reason}; give a value of that type") from exc
         raise ConfigError(f"cannot compose the config: {_first_line(cause)}") from exc
     resolve_config(cfg)
     validate_common(cfg)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ def checkpoint_actor(ckpt: dict, policy: Policy, device: torch.device) -> Any:
     for module in algorithm.modules.values():
         module.eval()
     log.info("actions are chosen by %s.act, as in its training evaluations", algorithm_class.__name__)
-    return ActingPolicy(algorithm)
+    return ActingPolicy(cast(ReplayAlgorithm, algorithm))
 
 
 class EvalAgent(BaseAgent):
@@ -109,11 +109,11 @@ class EvalAgent(BaseAgent):
         self.normalization = load_normalization(norm_path, c) if norm_path and Path(norm_path).is_file() else ckpt_norm
         self.env = make_env(c, self.logdir, ckpt_norm, self.seed)
 
-    def run(self) -> dict[str, float]:
+    def run(self) -> dict[str, Any]:
         """Roll out, write `<logdir>/eval_result.json`, log `eval/*`; returns the result."""
         c = self.cfg
         try:
-            result = run_episodes(
+            episodes = run_episodes(
                 self.env,
                 self.actor,
                 act_steps=int(c.act_steps),
@@ -128,8 +128,8 @@ class EvalAgent(BaseAgent):
             )
         finally:
             self.env.close()
-        result = {
-            **result,
+        result: dict[str, Any] = {
+            **episodes,
             "checkpoint": str(self.checkpoint_path),
             "checkpoint_kind": self.checkpoint_kind,
             "ft_denoising_steps": self.policy.ft_denoising_steps,

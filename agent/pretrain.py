@@ -28,13 +28,15 @@ from agent.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from agent.config import instantiate, require
+from agent.config import instantiate
 from agent.dataset import StitchedSequenceDataset
 from agent.errors import ConfigError, DataError
-from agent.nonfinite import check_nan_policy, diverged, non_finite_parameters
+from agent.nonfinite import diverged, non_finite_parameters
 from agent.optim import make_adamw
 from agent.schedulers import CosineWarmupRestarts
+from agent.schemas import Ema, PretrainTrain, load_block
 from agent.utils import rng_state, set_rng_state
+from model.base import Policy
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,13 @@ class EMA:
         decay: weight of the old average per update (0.995 in every DPPO config).
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+    def __init__(self, model: Policy, decay: float) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema.decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
-        self.model = copy.deepcopy(model).requires_grad_(False)
-        self._src = [p for p in model.parameters()]
-        self._dst = [p for p in self.model.parameters()]
+        self.model: Policy = copy.deepcopy(model).requires_grad_(False)
+        self._src: list[torch.Tensor] = [p for p in model.parameters()]
+        self._dst: list[torch.Tensor] = [p for p in self.model.parameters()]
 
     @torch.no_grad()
     def copy_from_model(self) -> None:
@@ -68,22 +70,20 @@ class EMA:
 class PretrainAgent(BaseAgent):
     """Trains `cfg.model` by behaviour cloning on `cfg.train_dataset`."""
 
+    train_cfg: PretrainTrain
+    ema_cfg: Ema
+
     def validate(self, cfg: DictConfig) -> None:
-        t = cfg.train
-        require(t.n_epochs >= 1, f"train.n_epochs must be >= 1, got {t.n_epochs}")
-        require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
-        require(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}")
-        require(t.save_model_freq >= 1, f"train.save_model_freq must be >= 1, got {t.save_model_freq}")
-        require(t.update_ema_freq >= 1, f"train.update_ema_freq must be >= 1, got {t.update_ema_freq}")
-        require(0.0 <= cfg.ema.decay < 1.0, f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
-        check_nan_policy(OmegaConf.select(cfg, "train.nan_policy", default=None))
+        # the typed blocks (agent/schemas.py): their checks run here, before the run folder exists
+        self.train_cfg = load_block(PretrainTrain, cfg.train, "train")
+        self.ema_cfg = load_block(Ema, cfg.get("ema"), "ema")
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        t = cfg.train
+        t = self.train_cfg
         self.dataset: StitchedSequenceDataset = instantiate(cfg.train_dataset, "train_dataset", device=self.device)
-        self.model: torch.nn.Module = instantiate(cfg.model, "model").to(self.device)
-        self.ema = EMA(self.model, cfg.ema.decay)
+        self.model: Policy = instantiate(cfg.model, "model").to(self.device)
+        self.ema = EMA(self.model, self.ema_cfg.decay)
         self.optimizer = make_adamw(self.model.parameters(), t.learning_rate, t.weight_decay)
         sched = t.lr_scheduler
         self.scheduler = CosineWarmupRestarts(
@@ -95,8 +95,8 @@ class PretrainAgent(BaseAgent):
         self.resumed_from: str | None = None  # the checkpoint `load` read
         self.n_batches = 0
         # read once: a config lookup per batch costs about 1% of a small MLP's step
-        self.update_ema_freq, self.epoch_start_ema = int(t.update_ema_freq), int(t.epoch_start_ema)
-        self.skip_nonfinite = check_nan_policy(OmegaConf.select(cfg, "train.nan_policy", default=None)) != "stop"
+        self.update_ema_freq, self.epoch_start_ema = t.update_ema_freq, t.epoch_start_ema
+        self.skip_nonfinite = t.nan_policy != "stop"
         self.skipped_batches = 0  # in the last epoch (train.nan_policy=skip_batch)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(
@@ -159,7 +159,7 @@ class PretrainAgent(BaseAgent):
             return None
         self.ema.model.eval()
         total, count = 0.0, 0
-        for batch in self.dataset.iterate(self.cfg.train.batch_size, split="val", shuffle=False):
+        for batch in self.dataset.iterate(self.train_cfg.batch_size, split="val", shuffle=False):
             n = len(batch.actions)
             total += float(self.ema.model.loss(batch.actions, batch.cond)) * n
             count += n
@@ -197,7 +197,7 @@ class PretrainAgent(BaseAgent):
         loss_sum = torch.zeros((), device=self.device)
         n = skipped = 0
         first = self.n_batches
-        for batch in self.dataset.iterate(self.cfg.train.batch_size, generator=self.generator):
+        for batch in self.dataset.iterate(self.train_cfg.batch_size, generator=self.generator):
             loss = self.train_step(batch)
             if loss is None:
                 skipped += 1
@@ -206,7 +206,7 @@ class PretrainAgent(BaseAgent):
             n += 1
         mean = float(loss_sum) / max(n, 1)
         where = f"epoch {self.epoch} (batches {first}-{self.n_batches - 1})"
-        lr = f"train.learning_rate={self.cfg.train.learning_rate}"
+        lr = f"train.learning_rate={self.train_cfg.learning_rate}"
         if not math.isfinite(mean) or (n == 0 and skipped):
             raise diverged("loss", where, self.logdir, lr)
         bad = non_finite_parameters([("model", self.model), ("ema", self.ema.model)])
@@ -218,13 +218,13 @@ class PretrainAgent(BaseAgent):
         return mean
 
     def run(self) -> None:
-        t = self.cfg.train
+        t = self.train_cfg
         if self.resumed_from is not None and self.epoch >= t.n_epochs:
             raise ConfigError(
                 f"resume={self.resumed_from}: that run already finished {self.epoch} epochs (train.n_epochs="
                 f"{t.n_epochs}); raise train.n_epochs to train it further"
             )
-        val_freq = int(OmegaConf.select(self.cfg, "train.val_freq", default=10))
+        val_freq = t.val_freq
         start = time.perf_counter()
         bar = tqdm(range(self.epoch + 1, t.n_epochs + 1), desc="pretrain", initial=self.epoch, total=t.n_epochs)
         for epoch in bar:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ def step_env_groups(
     n_steps: int,
     act: Callable[[dict[str, np.ndarray]], tuple[np.ndarray, Any]],
     timing: dict[str, float] | None = None,
-) -> Iterator[tuple[list[Any], tuple]]:
+) -> Generator[tuple[list[Any], tuple], None, None]:
     """Step `env` `n_steps` times from `obs`, the actions chosen by `act`; yields each step's result.
 
     With a `PipelinedVectorEnv` (`env.pipeline` / `env.workers`) the envs step in groups in worker processes: each

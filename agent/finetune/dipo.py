@@ -15,6 +15,8 @@ critic's next actions. Per gradient step:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -31,6 +33,7 @@ from agent.finetune.replay import (
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
 from agent.optim import OptimSettings, frozen_copy, optimizer_settings, polyak_update
 from model.base import Policy
+from model.diffusion.diffusion import DiffusionModel
 
 ACTION_GRAD_CLIP_PER_ELEMENT = 0.1
 """The action gradient's norm is clipped to Te * Da * 0.1 (reference)."""
@@ -87,7 +90,8 @@ class DIPO(ActorCriticAlgorithm):
     @torch.no_grad()
     def act(self, cond: dict[str, Tensor], deterministic: bool) -> Tensor:
         """Rollout and evaluation actions come from the target actor (reference)."""
-        return self.modules["actor_target"].sample(cond, deterministic=deterministic).actions
+        target = cast(DiffusionModel, self.modules["actor_target"])
+        return target.sample(cond, deterministic=deterministic).actions
 
     def improve_actions(self, obs: dict[str, Tensor], actions: Tensor) -> Tensor:
         """Gradient ascent on min(Q_1, Q_2) over the actions (B, Te, Da); returns the improved, detached actions."""

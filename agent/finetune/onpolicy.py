@@ -139,6 +139,7 @@ class OnPolicyAgent(FinetuneAgent):
         def act(group_obs: dict[str, np.ndarray]) -> tuple[np.ndarray, tuple[dict[str, Tensor], Tensor]]:
             cond = obs_to_tensor(group_obs, device)
             sample = policy.sample(cond, deterministic=False, return_chain=True)
+            assert sample.chain is not None  # return_chain=True
             return actions_to_numpy(sample.actions, self.act_steps), (cond, sample.chain)
 
         policy.eval()

@@ -39,7 +39,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -193,6 +193,8 @@ class PPO(OnPolicyAlgorithm):
 
     model_keys = frozenset({"critic", *PPOConfig.MODEL_KEYS})
 
+    critic: nn.Module  # PPO always has its value critic
+
     def __init__(self, policy: Policy, critic: nn.Module, config: PPOConfig) -> None:
         super().__init__(policy)
         self.critic = critic
@@ -319,7 +321,9 @@ class PPO(OnPolicyAlgorithm):
             if self._sample_uses_base:
                 chain = self.policy.sample(cond, deterministic=False, return_chain=True, use_base_policy=True).chain
             else:
-                chain = self.modules["bc_reference"].sample(cond, deterministic=False, return_chain=True).chain
+                reference = cast(Policy, self.modules["bc_reference"])
+                chain = reference.sample(cond, deterministic=False, return_chain=True).chain
+            assert chain is not None  # return_chain=True
         lp = self.policy.chain_log_prob(cond, chain).clamp(LOGPROB_MIN, LOGPROB_MAX)  # (B, K', Ta, Da)
         return -lp.mean()
 

@@ -47,6 +47,7 @@ from agent.finetune.replay_buffer import ReplayBuffer, Transitions
 from agent.optim import OptimSettings, frozen_copy, make_optimizer
 from agent.rollout import actions_to_numpy, cat_groups, obs_to_tensor, step_env_groups
 from model.base import Policy, Sample
+from model.diffusion.diffusion import DiffusionModel
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,8 @@ class ActorCriticAlgorithm(ReplayAlgorithm):
         optim: {actor, critic} -> (lr, weight_decay, lr_scheduler block or None).
         targets: names of critics that get a frozen target copy `modules[<name>_target]` (Polyak-averaged).
     """
+
+    policy: DiffusionModel  # the diffusion baselines fine-tune a whole diffusion policy (check_baseline_config)
 
     def __init__(
         self,

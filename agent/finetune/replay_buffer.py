@@ -57,7 +57,7 @@ class ReplayBuffer:
         self.n_slots = int(capacity) // self.n_envs
         self.device = torch.device(device)
         ce = (self.n_slots, self.n_envs)
-        kw = {"device": self.device}
+        kw: dict[str, Any] = {"device": self.device}
         self.obs = {k: torch.zeros(*ce, *shape, dtype=dtype, **kw) for k, (shape, dtype) in obs_spec.items()}
         self.next_obs = {k: torch.zeros_like(v) for k, v in self.obs.items()}
         self.actions = torch.zeros(*ce, *action_shape, **kw)

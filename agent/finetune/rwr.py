@@ -26,6 +26,7 @@ from agent.finetune.buffer import RolloutBuffer, compute_gae
 from agent.finetune.onpolicy import OnPolicyAgent, OnPolicyAlgorithm
 from agent.optim import OptimSettings, make_optimizer, optimizer_settings
 from model.base import Policy
+from model.diffusion.diffusion import DiffusionModel
 
 
 def completed_episode_returns(
@@ -65,6 +66,8 @@ class RWR(OnPolicyAlgorithm):
         n_warmup_itr: iterations without actor updates.
         optim: (lr, weight_decay, lr_scheduler block or None) of `train.lr` etc.
     """
+
+    policy: DiffusionModel  # the whole diffusion policy is trained (check_baseline_config)
 
     def __init__(
         self,

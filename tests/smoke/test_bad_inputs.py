@@ -251,6 +251,18 @@ CASES = [
         no_run_folder=True,
     ),
     Case(
+        "typed-block-value-of-the-wrong-type",
+        [*PRETRAIN, "device=cpu", "wandb=null", "train.n_epochs=abc"],
+        "train.n_epochs: Value 'abc' of type 'str' could not be converted to Integer; give a value of that type",
+        no_run_folder=True,
+    ),
+    Case(
+        "typed-block-range-check",
+        [*PRETRAIN, "device=cpu", "wandb=null", "train.lr_scheduler.warmup_steps=-1"],
+        "train.lr_scheduler.warmup_steps must be >= 0, got -1",
+        no_run_folder=True,
+    ),
+    Case(
         "layer-widths-not-a-list",
         [*PRETRAIN, "device=cpu", "wandb=null", "train.n_epochs=1", "model.network.mlp_dims=abc"],
         "model.network.mlp_dims must be a list of positive integers such as [256, 256], got 'abc'",

@@ -1,0 +1,80 @@
+"""Typed config blocks (agent/schemas.py): defaults in one place, one-line errors naming the key, and the
+composed pretraining config typed by its schema."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from agent.config import CFG_ROOT, compose
+from agent.errors import ConfigError
+from agent.schemas import Ema, LrScheduler, PretrainTrain, load_block
+
+
+def test_defaults_are_dppos_gym_pretraining_values():
+    t = load_block(PretrainTrain, {}, "train")
+    assert (t.n_epochs, t.batch_size, t.learning_rate, t.weight_decay) == (200, 128, 1e-3, 1e-6)
+    assert t.lr_scheduler == LrScheduler(first_cycle_steps=200, warmup_steps=1, min_lr=1e-4)
+    assert (t.save_model_freq, t.epoch_start_ema, t.update_ema_freq, t.nan_policy) == (100, 20, 10, "stop")
+    assert load_block(Ema, None, "ema").decay == 0.995
+
+
+def test_given_values_override_and_nested_blocks_merge():
+    t = load_block(PretrainTrain, {"n_epochs": 7, "lr_scheduler": {"first_cycle_steps": 7}}, "train")
+    assert t.n_epochs == 7 and t.lr_scheduler == LrScheduler(7, 1, 1e-4)  # the others keep their defaults
+    assert load_block(PretrainTrain, {"nan_policy": None}, "train").nan_policy == "stop"
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        ({"n_epoch": 3}, "train.n_epoch is not a key of train; did you mean train.n_epochs?"),
+        ({"n_epochs": "abc"}, "train.n_epochs: Value 'abc' of type 'str' could not be converted to Integer"),
+        ({"n_epochs": 0}, "train.n_epochs must be >= 1, got 0"),
+        ({"learning_rate": -1.0}, "train.learning_rate must be > 0, got -1.0"),
+        ({"lr_scheduler": {"warmup_steps": -1}}, "train.lr_scheduler.warmup_steps must be >= 0, got -1"),
+        ({"lr_scheduler": {"first_cycle_steps": 0}}, "train.lr_scheduler.first_cycle_steps must be >= 1, got 0"),
+        ({"lr_scheduler": {"cycle": 3}}, "train.lr_scheduler.cycle is not a key of train"),
+        ({"nan_policy": "ignore"}, "train.nan_policy must be one of stop, skip_batch, got 'ignore'"),
+    ],
+)
+def test_bad_values_are_one_line_naming_the_key(node, message):
+    with pytest.raises(ConfigError) as info:
+        load_block(PretrainTrain, node, "train")
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_ema_decay_range():
+    with pytest.raises(ConfigError, match=r"ema.decay must be in \[0, 1\), got 1.0"):
+        load_block(Ema, {"decay": 1.0}, "ema")
+
+
+def test_every_pretraining_config_is_typed_by_the_schema():
+    """Each pretraining experiment file composes with `train` typed as PretrainTrain and `ema` as Ema, and loads."""
+    paths = sorted(CFG_ROOT.glob("*/pretrain/*/*.yaml"))
+    assert len(paths) > 50
+    for path in paths[:: max(1, len(paths) // 12)]:  # a spread of suites and policies; all are composed in configs/
+        cfg = compose(path.parent, path.stem, ["wandb=null"])
+        assert OmegaConf.get_type(cfg.train) is PretrainTrain, path
+        assert OmegaConf.get_type(cfg.ema) is Ema, path
+        train = load_block(PretrainTrain, cfg.train, "train")
+        assert train.lr_scheduler.first_cycle_steps == train.n_epochs, path
+
+
+def test_composition_rejects_a_key_the_schema_lacks_and_a_wrong_type():
+    folder = CFG_ROOT / "gym/pretrain/hopper-medium-v2"
+    cfg = compose(folder, "pre_diffusion_mlp", ["train.n_epochs=5"])
+    assert cfg.train.n_epochs == 5 and isinstance(cfg.train.n_epochs, int)
+    with pytest.raises(ConfigCompositionException) as info:
+        compose(folder, "pre_diffusion_mlp", ["train.n_epochs=abc"])
+    assert "could not be converted to Integer" in str(info.value.__cause__)
+    with pytest.raises(ConfigCompositionException):
+        compose(folder, "pre_diffusion_mlp", ["train.n_epoch=3"])
+
+
+def test_the_config_reference_in_docs_is_generated_from_the_schemas():
+    from script.config_reference import OUT, render
+
+    assert OUT.read_text() == render(), "run python script/config_reference.py"
+    assert "| `n_epochs` | `int` | `200` |" in render()
