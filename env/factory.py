@@ -85,7 +85,7 @@ class EnvConfig:
     use_image_obs: bool | None = None
 
     @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any]) -> EnvConfig:
+    def from_config(cls, cfg: Mapping[str, Any]) -> EnvConfig:
         """Parse a plain mapping; raises EnvConfigError naming the key for unknown keys or bad values."""
         fields = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(cfg) - fields - LOOP_KEYS)
@@ -319,7 +319,7 @@ def make_vec_env(
         EnvConfigError: unknown env name (lists the known ones), unknown key, bad value.
         MissingDependencyError: the suite's pip extra is not installed (one line naming it).
     """
-    cfg = EnvConfig.from_mapping(_to_plain(env_cfg))
+    cfg = EnvConfig.from_config(_to_plain(env_cfg))
     name, suite = resolve_env_name(cfg.name)
     suite.check_available(name)
     if suite.validate_kwargs is not None:

@@ -97,7 +97,7 @@ class AWR(ActorCriticAlgorithm):
         return cls(
             policy,
             instantiate(cfg.model.critic, "model.critic").to(device),
-            ReplayConfig.from_cfg(cfg),
+            ReplayConfig.from_config(cfg),
             beta=float(cfg_get(cfg, "train.beta", 10.0)),
             max_adv_weight=float(cfg_get(cfg, "train.max_adv_weight", 100.0)),
             critic_update_ratio=int(cfg_get(cfg, "train.critic_update_ratio", 4)),

@@ -81,7 +81,7 @@ class DIPO(ActorCriticAlgorithm):
         return cls(
             policy,
             instantiate(cfg.model.critic, "model.critic").to(device),
-            ReplayConfig.from_cfg(cfg),
+            ReplayConfig.from_config(cfg),
             action_lr=float(cfg_get(cfg, "train.action_lr", 1e-4)),
             action_gradient_steps=int(cfg_get(cfg, "train.action_gradient_steps", 10)),
             optim={name: optimizer_settings(cfg, name) for name in ("actor", "critic")},

@@ -76,7 +76,7 @@ class DQL(ActorCriticAlgorithm):
         return cls(
             policy,
             instantiate(cfg.model.critic, "model.critic").to(device),
-            ReplayConfig.from_cfg(cfg),
+            ReplayConfig.from_config(cfg),
             eta=float(cfg_get(cfg, "train.eta", 1.0)),
             bc_on_policy_samples=bool(cfg_get(cfg, "train.bc_on_policy_samples", False)),
             optim={name: optimizer_settings(cfg, name) for name in ("actor", "critic")},

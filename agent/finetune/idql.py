@@ -90,7 +90,7 @@ class IDQL(ActorCriticAlgorithm):
             policy,
             instantiate(cfg.model.critic_q, "model.critic_q").to(device),
             instantiate(cfg.model.critic_v, "model.critic_v").to(device),
-            ReplayConfig.from_cfg(cfg),
+            ReplayConfig.from_config(cfg),
             n_candidates=int(cfg_get(cfg, "train.eval_sample_num", 10)),
             eval_deterministic=bool(cfg_get(cfg, "train.eval_deterministic", True)),
             use_expectile_exploration=bool(cfg_get(cfg, "train.use_expectile_exploration", True)),

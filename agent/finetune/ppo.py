@@ -168,7 +168,7 @@ class PPOConfig:
     )  # fmt: skip
 
     @classmethod
-    def from_cfg(cls, cfg: DictConfig) -> PPOConfig:
+    def from_config(cls, cfg: DictConfig) -> PPOConfig:
         """Read the PPO keys from `train.*` and `model.*` (an explicit null, e.g. `target_kl: null`, turns a feature
         off) and `reward_horizon` (default: act_steps)."""
         kwargs: dict[str, Any] = {}
@@ -304,7 +304,7 @@ class PPO(OnPolicyAlgorithm):
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> PPO:
         critic = instantiate(cfg.model.critic, "model.critic").to(device)
-        return cls(policy, critic, PPOConfig.from_cfg(cfg))
+        return cls(policy, critic, PPOConfig.from_config(cfg))
 
     # ---------------------------------------------------------------- the loss
     def policy_log_prob(self, mb: Minibatch) -> Tensor:

@@ -72,7 +72,7 @@ class QSM(ActorCriticAlgorithm):
         return cls(
             policy,
             instantiate(cfg.model.critic, "model.critic").to(device),
-            ReplayConfig.from_cfg(cfg),
+            ReplayConfig.from_config(cfg),
             q_grad_coeff=float(cfg_get(cfg, "train.q_grad_coeff", 10.0)),
             optim={name: optimizer_settings(cfg, name) for name in ("actor", "critic")},
         )

@@ -85,7 +85,7 @@ class ReplayConfig:
         return int(s * e / int(cfg.train.batch_size) * float(cfg_get(cfg, "train.replay_ratio", 1)))
 
     @classmethod
-    def from_cfg(cls, cfg: DictConfig) -> ReplayConfig:
+    def from_config(cls, cfg: DictConfig) -> ReplayConfig:
         tau = cfg_get(cfg, "train.critic_tau", None)
         return cls(
             gamma=float(cfg_get(cfg, "train.gamma", 0.99)),
