@@ -19,6 +19,7 @@ blocks are still read from the plain config (see docs/architecture.md).
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from agent.errors import ConfigError
 from agent.nonfinite import check_nan_policy
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -126,8 +128,11 @@ def register_schemas() -> None:
 def load_block(cls: type[T], node: Any, where: str) -> T:
     """The config block `node` (typed by the schema or a plain mapping, e.g. built by a test) as a `cls` instance.
 
-    Keys the block leaves out take the schema's defaults. An unknown key, a value of the wrong type and a value out
-    of range each end in one `ConfigError` line naming the key (`where` is the block's path, e.g. `train`).
+    Keys the block leaves out take the schema's defaults. A key the schema lacks can only be there on purpose (the
+    command line refuses a misspelt key unless it is added with `+`/`++`, as `script/sweep.py` does to share one
+    override set between algorithms): it is dropped with a warning naming the closest key. A value of the wrong
+    type and a value out of range each end in one `ConfigError` line naming the key (`where` is the block's path,
+    e.g. `train`).
     """
     plain: dict[str, Any] = (
         dict(OmegaConf.to_container(node, resolve=True) or {})  # type: ignore[arg-type]
@@ -135,11 +140,11 @@ def load_block(cls: type[T], node: Any, where: str) -> T:
         else dict(node or {})
     )
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    for key in plain:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"did you mean {where}.{close[0]}?" if close else f"{where} takes {', '.join(names)}"
-            raise ConfigError(f"{where}.{key} is not a key of {where}; {hint}")
+    for key in [k for k in plain if k not in names]:
+        close = difflib.get_close_matches(str(key), names, n=1)
+        hint = f"did you mean {where}.{close[0]}?" if close else f"{where} takes {', '.join(names)}"
+        log.warning("%s.%s is not used here and is ignored (%s)", where, key, hint)
+        del plain[key]
     try:
         typed = OmegaConf.merge(OmegaConf.structured(cls), plain)
         return OmegaConf.to_object(typed)  # type: ignore[return-value]

@@ -29,7 +29,6 @@ def test_given_values_override_and_nested_blocks_merge():
 @pytest.mark.parametrize(
     ("node", "message"),
     [
-        ({"n_epoch": 3}, "train.n_epoch is not a key of train; did you mean train.n_epochs?"),
         ({"n_epochs": "abc"}, "train.n_epochs: Value 'abc' of type 'str' could not be converted to Integer"),
         ({"n_epochs": 0}, "train.n_epochs must be >= 1, got 0"),
         ({"learning_rate": -1.0}, "train.learning_rate must be > 0, got -1.0"),
@@ -43,6 +42,14 @@ def test_bad_values_are_one_line_naming_the_key(node, message):
     with pytest.raises(ConfigError) as info:
         load_block(PretrainTrain, node, "train")
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_a_key_added_on_purpose_is_ignored_with_a_warning_naming_the_closest(caplog):
+    """`+train.n_epoch=3` (or a sweep's `++` keys meant for another algorithm) does not stop the run."""
+    with caplog.at_level("WARNING"):
+        t = load_block(PretrainTrain, {"n_epoch": 3}, "train")
+    assert t.n_epochs == 200
+    assert "train.n_epoch is not used here and is ignored (did you mean train.n_epochs?)" in caplog.text
 
 
 def test_ema_decay_range():
