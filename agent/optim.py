@@ -1,5 +1,5 @@
-"""Optimisers shared by pretraining and every fine-tuning algorithm: AdamW with a cosine schedule, its settings
-from the config, and target networks (Polyak averaging, frozen copies)."""
+"""Optimisers shared by pretraining and every fine-tuning algorithm: AdamW with a cosine schedule, and target
+networks (Polyak averaging, frozen copies). The settings come from the typed `train` blocks (agent/schemas.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
-from agent.config import cfg_get, require
 from agent.schedulers import CosineWarmupRestarts
 
 
@@ -43,14 +41,6 @@ def make_optimizer(
 OptimSettings = tuple[float, float, "dict[str, Any] | None"]
 
 
-def optimizer_settings(cfg: DictConfig, name: str) -> OptimSettings:
-    """(lr, weight_decay, lr_scheduler block) of `train.<name>_lr` etc.; `name=""` reads `train.lr` etc. (RWR)."""
-    prefix = f"train.{name}_" if name else "train."
-    lr = cfg_get(cfg, f"{prefix}lr")
-    require(lr is not None and lr > 0, f"{prefix}lr must be set to a value > 0, got {lr!r}")
-    return float(lr), float(cfg_get(cfg, f"{prefix}weight_decay", 0.0)), cfg_get(cfg, f"{prefix}lr_scheduler")
-
-
 @torch.no_grad()
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """theta' <- (1 - tau) theta' + tau theta for every parameter.
@@ -71,6 +61,5 @@ __all__ = [
     "frozen_copy",
     "make_adamw",
     "make_optimizer",
-    "optimizer_settings",
     "polyak_update",
 ]

@@ -12,15 +12,16 @@ so that composition already rejects an unknown key or a value of the wrong type,
 defaults. The agents read a block as an instance (`load_block`), whose `__post_init__` runs the range checks
 with the same one-line `ConfigError`s as everywhere else; they then use attributes, not string lookups.
 
-Blocks typed so far: pretraining's `train` (`PretrainTrain`, with `LrScheduler`) and `ema` (`Ema`). The other
-blocks are still read from the plain config (see docs/architecture.md).
+Blocks typed so far: pretraining's `train` (`PretrainTrain`, with `LrScheduler`) and `ema` (`Ema`), and the
+fine-tuning `train` block of each algorithm (`PPOTrain`, `DQLTrain`, ..., on `FinetuneTrain`, the loop's keys).
+The `model`, `env` and top-level keys are still plain config (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +30,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from agent.config import require
 from agent.errors import ConfigError
 from agent.nonfinite import check_nan_policy
+from agent.optim import OptimSettings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -112,7 +114,302 @@ class Ema:
         require(0.0 <= self.decay < 1.0, f"ema.decay must be in [0, 1), got {self.decay}")
 
 
-SCHEMAS: dict[str, type] = {"pretrain_train": PretrainTrain, "ema": Ema, "lr_scheduler": LrScheduler}
+def _settings(key: str, lr: float, weight_decay: float, schedule: LrScheduler | None) -> OptimSettings:
+    """(lr, weight_decay, schedule as a dict or None), checking that the learning rate `key` is positive."""
+    require(lr is not None and lr > 0, f"{key} must be set to a value > 0, got {lr!r}")
+    return float(lr), float(weight_decay), asdict(schedule) if schedule is not None else None
+
+
+def _schedule(first_cycle_steps: int, warmup_steps: int, min_lr: float) -> Any:
+    """A default LrScheduler block for a dataclass field."""
+    return field(default_factory=lambda: LrScheduler(first_cycle_steps, warmup_steps, min_lr))
+
+
+@dataclass
+class FinetuneTrain:
+    """The fine-tuning loop's keys of the `train` block (agent.finetune.base.FinetuneAgent), shared by every
+    algorithm; each algorithm's schema adds its own keys to the same block, as DPPO's configs do.
+
+    Attributes:
+        n_train_itr: training iterations (evaluations do not count).
+        n_steps: action chunks per env per iteration.
+        batch_size: rows per gradient step (what a row is depends on the algorithm).
+        gamma: discount per action chunk.
+        n_critic_warmup_itr: iterations that train only the critic (replay: before the actor trains).
+        val_freq: evaluate every this many training iterations (null: never); evaluations do not count as
+            iterations and do not step the learning-rate schedulers.
+        force_train: true: no evaluations at all (DPPO's D3IL configs).
+        eval_n_episodes: episodes per evaluation (the YAML sets one per env; null: all finishing within
+            eval_n_steps).
+        eval_n_steps: chunks per env when eval_n_episodes is null (null: n_steps).
+        save_model_freq: iterations between checkpoints (the last always saves).
+        log_freq: iterations between console lines (every iteration goes to metrics.jsonl).
+        max_env_steps: budget: stop (checkpoint, evaluate) after the iteration reaching this many env steps.
+        max_wall_min: budget: stop likewise once iterations and evaluations took this many minutes.
+        nan_policy: a NaN/inf loss: `stop` (null means stop) or `skip_batch` (go on while the weights stay finite).
+    """
+
+    n_train_itr: int = 1000
+    n_steps: int = 500
+    batch_size: int = 1000
+    gamma: float = 0.99
+    n_critic_warmup_itr: int = 0
+    val_freq: int | None = 10
+    force_train: bool = False
+    eval_n_episodes: int | None = None
+    eval_n_steps: int | None = None
+    save_model_freq: int = 100
+    log_freq: int = 1
+    max_env_steps: float | None = None
+    max_wall_min: float | None = None
+    nan_policy: str | None = "stop"
+
+
+@dataclass
+class ActorCriticTrain(FinetuneTrain):
+    """`train` keys of the algorithms with an actor and a critic optimiser (PPO and the replay baselines).
+
+    Attributes:
+        actor_lr: AdamW's (maximum) learning rate of the policy.
+        actor_weight_decay: AdamW's weight decay of the policy.
+        actor_lr_scheduler: cosine schedule of actor_lr per iteration (null: constant).
+        critic_lr: AdamW's (maximum) learning rate of the critic(s).
+        critic_weight_decay: AdamW's weight decay of the critic(s).
+        critic_lr_scheduler: cosine schedule of critic_lr per iteration (null: constant).
+    """
+
+    actor_lr: float = 1e-4
+    actor_weight_decay: float = 0.0
+    actor_lr_scheduler: LrScheduler | None = _schedule(1000, 10, 1e-4)
+    critic_lr: float = 1e-3
+    critic_weight_decay: float = 0.0
+    critic_lr_scheduler: LrScheduler | None = _schedule(1000, 10, 1e-3)
+
+    def optim_settings(self) -> dict[str, OptimSettings]:
+        """{actor, critic} -> (lr, weight_decay, lr_scheduler block or None), for agent.optim.make_optimizer."""
+        return {
+            "actor": _settings("train.actor_lr", self.actor_lr, self.actor_weight_decay, self.actor_lr_scheduler),
+            "critic": _settings("train.critic_lr", self.critic_lr, self.critic_weight_decay, self.critic_lr_scheduler),
+        }
+
+
+@dataclass
+class PPOTrain(ActorCriticTrain):
+    """`train` block of PPO fine-tuning (DPPO for diffusion; Gaussian/GMM PPO), DPPO's hopper-v2 values; the clipping
+    keys live in the `model` block, as in DPPO (docs/algorithms.md#ppo-loss).
+
+    Attributes:
+        batch_size: (env step x denoising step) rows per minibatch.
+        gae_lambda: lambda of GAE.
+        logprob_batch_size: env steps per batch of the value / old-log-prob passes.
+        update_epochs: passes over the rollout per iteration.
+        grad_accumulate: optimiser step every this many minibatches, on their mean gradient (pixels: 15).
+        update_chunk_rows: rows per actor backward pass within a minibatch (null: 2048 on CPU, all on GPU).
+        augment: pixels: randomly shift the stored images once per iteration (augment_pad pixels).
+        augment_pad: the shift's padding in pixels.
+        vf_coef: weight of the value loss.
+        ent_coef: weight of the entropy bonus.
+        target_kl: stop the update once a minibatch's approximate KL exceeds this (null: never).
+        max_grad_norm: clip the actor's gradient norm (null: no clipping).
+        reward_scale_running: divide rewards by a running std of the discounted return.
+        reward_scale_const: multiply rewards by this.
+        use_bc_loss: regularise toward the pretrained policy's chains.
+        bc_loss_coeff: weight of that term.
+        eta_lr: learning rate of a learned DDIM eta.
+        eta_weight_decay: its weight decay.
+        eta_lr_scheduler: its schedule (null: constant).
+        eta_update_interval: update eta every this many minibatches.
+    """
+
+    batch_size: int = 50000
+    gae_lambda: float = 0.95
+    logprob_batch_size: int = 10000
+    update_epochs: int = 5
+    grad_accumulate: int = 1
+    update_chunk_rows: int | None = None
+    augment: bool = False
+    augment_pad: int = 4
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    target_kl: float | None = 1.0
+    max_grad_norm: float | None = None
+    reward_scale_running: bool = True
+    reward_scale_const: float = 1.0
+    use_bc_loss: bool = False
+    bc_loss_coeff: float = 0.0
+    eta_lr: float = 1e-4
+    eta_weight_decay: float = 0.0
+    eta_lr_scheduler: LrScheduler | None = None
+    eta_update_interval: int = 1
+
+
+@dataclass
+class ReplayTrain(ActorCriticTrain):
+    """`train` keys every replay baseline shares (agent/finetune/replay.py).
+
+    Attributes:
+        batch_size: transitions per gradient step.
+        buffer_size: transitions the replay buffer holds (env steps x envs).
+        replay_ratio: gradient steps per iteration = n_steps * n_envs / batch_size * replay_ratio.
+        scale_reward_factor: rewards are stored multiplied by this.
+        max_grad_norm: clip the actor's gradient norm (null: no clipping).
+        save_replay_buffer: checkpoint the buffer too (it can be large); otherwise a resumed run refills it.
+        critic_tau: Polyak rate of the target networks (DPPO's name in QSM and IDQL).
+        target_ema_rate: the same rate under DPPO's name in DQL and DIPO (used when critic_tau is null).
+    """
+
+    buffer_size: int = 1000000
+    replay_ratio: float = 1.0
+    scale_reward_factor: float = 1.0
+    max_grad_norm: float | None = None
+    save_replay_buffer: bool = False
+    critic_tau: float | None = None
+    target_ema_rate: float | None = None
+
+    @property
+    def polyak_rate(self) -> float:
+        """tau of the target networks: critic_tau, else target_ema_rate, else 0.005."""
+        for rate in (self.critic_tau, self.target_ema_rate):
+            if rate is not None:
+                return float(rate)
+        return 0.005
+
+    def gradient_steps(self, n_envs: int) -> int:
+        """Gradient steps per iteration, int(n_steps * n_envs / batch_size * replay_ratio) (DPPO's num_batch)."""
+        return int(self.n_steps * n_envs / self.batch_size * self.replay_ratio)
+
+
+@dataclass
+class DQLTrain(ReplayTrain):
+    """`train` block of Diffusion-QL (docs/algorithms.md#dql).
+
+    Attributes:
+        eta: weight of the normalised Q term in the actor loss.
+        target_ema_rate: Polyak rate of the target critic.
+        replay_ratio: see ReplayTrain.
+        bc_on_policy_samples: true: DPPO's BC term on the policy's own samples
+            (docs/algorithms.md#d13-dql-behaviour-cloning).
+    """
+
+    eta: float = 1.0
+    target_ema_rate: float | None = 0.005
+    replay_ratio: float = 16.0
+    bc_on_policy_samples: bool = False
+
+
+@dataclass
+class QSMTrain(ReplayTrain):
+    """`train` block of Q-score matching (docs/algorithms.md#qsm).
+
+    Attributes:
+        q_grad_coeff: the score -eps_theta is matched to q_grad_coeff * dQ/da at the noised action.
+        critic_tau: Polyak rate of the target critic.
+        replay_ratio: see ReplayTrain.
+    """
+
+    q_grad_coeff: float = 10.0
+    critic_tau: float | None = 0.005
+    replay_ratio: float = 16.0
+
+
+@dataclass
+class DIPOTrain(ReplayTrain):
+    """`train` block of DIPO (docs/algorithms.md#dipo).
+
+    Attributes:
+        target_ema_rate: Polyak rate of the target critic and the target actor.
+        action_lr: Adam step size of the action improvement.
+        action_gradient_steps: Adam steps on the buffer actions per gradient step.
+    """
+
+    target_ema_rate: float | None = 0.005
+    action_lr: float = 1e-4
+    action_gradient_steps: int = 10
+
+
+@dataclass
+class IDQLTrain(ReplayTrain):
+    """`train` block of IDQL (docs/algorithms.md#idql).
+
+    Attributes:
+        critic_tau: Polyak rate of the target Q.
+        replay_ratio: see ReplayTrain.
+        eval_sample_num: candidates per state, in rollouts and evaluations.
+        eval_deterministic: evaluations: deterministic candidates, the arg-max-Q one is executed.
+        use_expectile_exploration: rollouts: draw a candidate with weight critic_hyperparam where Q - V > 0.
+        expectile: expectile of the V loss (hard-coded in DPPO).
+        critic_hyperparam: candidate weight for a positive advantage (hard-coded in DPPO).
+    """
+
+    critic_tau: float | None = 0.001
+    replay_ratio: float = 128.0
+    eval_sample_num: int = 10
+    eval_deterministic: bool = True
+    use_expectile_exploration: bool = True
+    expectile: float = 0.8
+    critic_hyperparam: float = 0.7
+
+
+@dataclass
+class AWRTrain(ReplayTrain):
+    """`train` block of AWR (docs/algorithms.md#awr).
+
+    Attributes:
+        beta: weights exp(beta * normalised advantage).
+        max_adv_weight: weight cap.
+        replay_ratio: actor steps per iteration = n_steps * n_envs / batch_size * replay_ratio.
+        critic_update_ratio: critic steps = actor steps / critic_update_ratio.
+        td_lambda: lambda of the TD(lambda) targets (hard-coded in DPPO).
+        td_alpha: factor on the TD errors in the targets (hard-coded in DPPO).
+    """
+
+    beta: float = 10.0
+    max_adv_weight: float = 100.0
+    replay_ratio: float = 64.0
+    critic_update_ratio: int = 4
+    td_lambda: float = 0.95
+    td_alpha: float = 0.95
+
+
+@dataclass
+class RWRTrain(FinetuneTrain):
+    """`train` block of reward-weighted regression (docs/algorithms.md#rwr), an on-policy baseline.
+
+    Attributes:
+        lr: AdamW's (maximum) learning rate of the policy.
+        weight_decay: its weight decay.
+        lr_scheduler: cosine schedule of lr per iteration (null: constant).
+        beta: weights exp(beta * normalised return).
+        max_reward_weight: weight cap.
+        batch_size: samples per minibatch.
+        update_epochs: shuffled passes per iteration.
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    lr_scheduler: LrScheduler | None = None
+    beta: float = 10.0
+    max_reward_weight: float = 100.0
+    batch_size: int = 1000
+    update_epochs: int = 16
+
+    def optim_settings(self) -> OptimSettings:
+        """(lr, weight_decay, lr_scheduler block or None) of the policy's optimiser."""
+        return _settings("train.lr", self.lr, self.weight_decay, self.lr_scheduler)
+
+
+SCHEMAS: dict[str, type] = {
+    "pretrain_train": PretrainTrain,
+    "ema": Ema,
+    "lr_scheduler": LrScheduler,
+    "ppo_train": PPOTrain,
+    "dql_train": DQLTrain,
+    "qsm_train": QSMTrain,
+    "dipo_train": DIPOTrain,
+    "idql_train": IDQLTrain,
+    "awr_train": AWRTrain,
+    "rwr_train": RWRTrain,
+}
 """ConfigStore names (group `schema`) of the schemas, as the YAML defaults lists name them."""
 
 
@@ -159,4 +456,21 @@ def load_block(cls: type[T], node: Any, where: str) -> T:
         raise ConfigError(f"{where}.{exc.full_key}: {reason}") from exc
 
 
-__all__ = ["Ema", "LrScheduler", "PretrainTrain", "SCHEMAS", "load_block", "register_schemas"]
+__all__ = [
+    "AWRTrain",
+    "ActorCriticTrain",
+    "DIPOTrain",
+    "DQLTrain",
+    "Ema",
+    "FinetuneTrain",
+    "IDQLTrain",
+    "LrScheduler",
+    "PPOTrain",
+    "PretrainTrain",
+    "QSMTrain",
+    "RWRTrain",
+    "ReplayTrain",
+    "SCHEMAS",
+    "load_block",
+    "register_schemas",
+]

@@ -40,7 +40,8 @@ from agent.finetune.replay import (
     ReplayConfig,
 )
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
-from agent.optim import OptimSettings, optimizer_settings
+from agent.optim import OptimSettings
+from agent.schemas import AWRTrain, load_block
 from model.base import Policy
 
 VALUE_BATCH_ROWS = 65536
@@ -61,6 +62,8 @@ class AWR(ActorCriticAlgorithm):
         td_alpha: factor on the TD errors (reference: 0.95).
         optim: {actor, critic} -> (lr, weight_decay, lr_scheduler block or None).
     """
+
+    train_schema = AWRTrain
 
     model_keys = frozenset({"critic"})
 
@@ -94,16 +97,17 @@ class AWR(ActorCriticAlgorithm):
 
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> AWR:
+        t = load_block(AWRTrain, cfg.train, "train")
         return cls(
             policy,
             instantiate(cfg.model.critic, "model.critic").to(device),
-            ReplayConfig.from_config(cfg),
-            beta=float(cfg_get(cfg, "train.beta", 10.0)),
-            max_adv_weight=float(cfg_get(cfg, "train.max_adv_weight", 100.0)),
-            critic_update_ratio=int(cfg_get(cfg, "train.critic_update_ratio", 4)),
-            td_lambda=float(cfg_get(cfg, "train.td_lambda", 0.95)),
-            td_alpha=float(cfg_get(cfg, "train.td_alpha", 0.95)),
-            optim={name: optimizer_settings(cfg, name) for name in ("actor", "critic")},
+            ReplayConfig.from_config(cfg, t),
+            beta=t.beta,
+            max_adv_weight=t.max_adv_weight,
+            critic_update_ratio=t.critic_update_ratio,
+            td_lambda=t.td_lambda,
+            td_alpha=t.td_alpha,
+            optim=t.optim_settings(),
         )
 
     @torch.no_grad()

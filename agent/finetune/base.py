@@ -54,6 +54,7 @@ from agent.rollout import (
     run_episodes,
 )
 from agent.schedulers import CosineWarmupRestarts
+from agent.schemas import FinetuneTrain, load_block
 from agent.utils import rng_state, set_rng_state
 from model.base import Policy
 
@@ -78,6 +79,8 @@ class Algorithm(ABC):
     """
 
     model_keys: ClassVar[frozenset[str]] = frozenset()
+    train_schema: ClassVar[type[FinetuneTrain]] = FinetuneTrain
+    """The schema of the `train` block (agent/schemas.py): the loop's keys plus the algorithm's."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -177,6 +180,8 @@ class FinetuneAgent(BaseAgent):
             )
         check_nan_policy(get("train.nan_policy"))
         self.algorithm_class.validate_config(cfg)
+        # the typed `train` block (agent/schemas.py): the loop reads its keys from here
+        self.train_cfg = load_block(self.algorithm_class.train_schema, cfg.train, "train")
 
     # ---------------------------------------------------------------- set-up
     def __init__(self, cfg: DictConfig) -> None:
@@ -184,7 +189,7 @@ class FinetuneAgent(BaseAgent):
         c = self.cfg
         self.act_steps = int(c.act_steps)
         self.n_envs = int(c.env.n_envs)
-        self.n_train_itr = int(c.train.n_train_itr)
+        self.n_train_itr = self.train_cfg.n_train_itr
         self.resume_path = find_resume_checkpoint(OmegaConf.select(c, "resume", default=None), self.logdir)
 
         self.policy: Policy = build_policy(c, self.algorithm_class.model_keys)
@@ -302,8 +307,9 @@ class FinetuneAgent(BaseAgent):
     def evaluate(self) -> dict[str, float]:
         """Deterministic evaluation rollout on the training envs (reset before and after)."""
         c = self.cfg
-        n_steps = OmegaConf.select(c, "train.eval_n_steps", default=None) or int(c.train.n_steps)
-        n_episodes = OmegaConf.select(c, "train.eval_n_episodes", default=None)
+        t = self.train_cfg
+        n_steps = t.eval_n_steps or t.n_steps
+        n_episodes = t.eval_n_episodes
         options = {"video_prefix": f"eval_itr{self.itr:05d}"} if OmegaConf.select(c, "env.save_video") else None
         if self._reset_seed is not None:
             self.env.reset(seed=self._reset_seed)
@@ -326,20 +332,19 @@ class FinetuneAgent(BaseAgent):
 
     def evaluations_on(self) -> bool:
         """Whether the run evaluates at all (`train.val_freq` set and not `train.force_train`)."""
-        val_freq = OmegaConf.select(self.cfg, "train.val_freq", default=None)
-        return bool(val_freq) and not OmegaConf.select(self.cfg, "train.force_train", default=False)
+        return bool(self.train_cfg.val_freq) and not self.train_cfg.force_train
 
     def should_evaluate(self) -> bool:
         if not self.evaluations_on():
             return False
-        return self.itr % int(self.cfg.train.val_freq) == 0 or self.itr == self.n_train_itr
+        return self.itr % int(self.train_cfg.val_freq or 1) == 0 or self.itr == self.n_train_itr
 
     def budget_spent(self) -> str | None:
         """Why training should stop before `n_train_itr` (`train.max_env_steps`, `train.max_wall_min`), or None."""
-        max_steps = OmegaConf.select(self.cfg, "train.max_env_steps", default=None)
+        max_steps = self.train_cfg.max_env_steps
         if max_steps is not None and self.env_steps >= max_steps:
             return f"env-step budget reached ({self.env_steps} >= train.max_env_steps={max_steps})"
-        max_min = OmegaConf.select(self.cfg, "train.max_wall_min", default=None)
+        max_min = self.train_cfg.max_wall_min
         if max_min is not None and self.wall_s >= 60.0 * max_min:
             return f"wall-time budget reached ({self.wall_s / 60:.1f} >= train.max_wall_min={max_min} min)"
         return None
@@ -357,7 +362,7 @@ class FinetuneAgent(BaseAgent):
         )
         where, causes = f"iteration {self.itr}", (lrs or "train.*_lr", "the observations or rewards")
         losses = non_finite_losses(metrics)
-        if losses and check_nan_policy(OmegaConf.select(c, "train.nan_policy", default=None)) == "stop":
+        if losses and check_nan_policy(self.train_cfg.nan_policy) == "stop":
             what = f"loss ({losses[0]}={metrics[losses[0]]})"
             raise diverged(what, where, self.logdir, *causes)
         modules = [("model", self.policy), *((f"algorithm.{k}", m) for k, m in self.algorithm.modules.items())]
@@ -367,9 +372,8 @@ class FinetuneAgent(BaseAgent):
 
     # ---------------------------------------------------------------- main loop
     def run(self) -> None:
-        c = self.cfg
-        save_freq = int(c.train.save_model_freq)
-        log_freq = int(OmegaConf.select(c, "train.log_freq", default=1) or 1)
+        save_freq = self.train_cfg.save_model_freq
+        log_freq = self.train_cfg.log_freq or 1
         bar = tqdm(total=self.n_train_itr, initial=self.itr, desc=self.progress_label, dynamic_ncols=True)
         last_eval_itr = -1
         try:

@@ -31,7 +31,8 @@ from agent.finetune.replay import (
     double_q_target,
 )
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
-from agent.optim import OptimSettings, frozen_copy, optimizer_settings, polyak_update
+from agent.optim import OptimSettings, frozen_copy, polyak_update
+from agent.schemas import DIPOTrain, load_block
 from model.base import Policy
 from model.diffusion.diffusion import DiffusionModel
 
@@ -50,6 +51,8 @@ class DIPO(ActorCriticAlgorithm):
         action_gradient_steps: Adam steps per improvement (`train.action_gradient_steps`).
         optim: {actor, critic} -> (lr, weight_decay, lr_scheduler block or None).
     """
+
+    train_schema = DIPOTrain
 
     selects_actions = True
     model_keys = frozenset({"critic"})
@@ -78,13 +81,14 @@ class DIPO(ActorCriticAlgorithm):
 
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> DIPO:
+        t = load_block(DIPOTrain, cfg.train, "train")
         return cls(
             policy,
             instantiate(cfg.model.critic, "model.critic").to(device),
-            ReplayConfig.from_config(cfg),
-            action_lr=float(cfg_get(cfg, "train.action_lr", 1e-4)),
-            action_gradient_steps=int(cfg_get(cfg, "train.action_gradient_steps", 10)),
-            optim={name: optimizer_settings(cfg, name) for name in ("actor", "critic")},
+            ReplayConfig.from_config(cfg, t),
+            action_lr=t.action_lr,
+            action_gradient_steps=t.action_gradient_steps,
+            optim=t.optim_settings(),
         )
 
     @torch.no_grad()

@@ -33,7 +33,8 @@ from agent.finetune.replay import (
     double_q_target,
 )
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
-from agent.optim import OptimSettings, optimizer_settings, polyak_update
+from agent.optim import OptimSettings, polyak_update
+from agent.schemas import DQLTrain, load_block
 from model.base import Policy
 
 
@@ -49,6 +50,8 @@ class DQL(ActorCriticAlgorithm):
             on buffer actions.
         optim: {actor, critic} -> (lr, weight_decay, lr_scheduler block or None).
     """
+
+    train_schema = DQLTrain
 
     model_keys = frozenset({"critic"})
 
@@ -73,13 +76,14 @@ class DQL(ActorCriticAlgorithm):
 
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> DQL:
+        t = load_block(DQLTrain, cfg.train, "train")
         return cls(
             policy,
             instantiate(cfg.model.critic, "model.critic").to(device),
-            ReplayConfig.from_config(cfg),
-            eta=float(cfg_get(cfg, "train.eta", 1.0)),
-            bc_on_policy_samples=bool(cfg_get(cfg, "train.bc_on_policy_samples", False)),
-            optim={name: optimizer_settings(cfg, name) for name in ("actor", "critic")},
+            ReplayConfig.from_config(cfg, t),
+            eta=t.eta,
+            bc_on_policy_samples=t.bc_on_policy_samples,
+            optim=t.optim_settings(),
         )
 
     def critic_loss(self, batch: Transitions) -> Tensor:

@@ -28,7 +28,8 @@ from agent.config import cfg_get, instantiate, require
 from agent.finetune.baselines import check_baseline_config
 from agent.finetune.replay import ActorCriticAlgorithm, ReplayAgent, ReplayConfig, double_q_loss
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
-from agent.optim import OptimSettings, optimizer_settings, polyak_update
+from agent.optim import OptimSettings, polyak_update
+from agent.schemas import IDQLTrain, load_block
 from model.base import Policy
 
 
@@ -48,6 +49,8 @@ class IDQL(ActorCriticAlgorithm):
         optim: {actor, critic} -> (lr, weight_decay, lr_scheduler block or None); the critic settings serve
             both Q and V.
     """
+
+    train_schema = IDQLTrain
 
     selects_actions = True
     model_keys = frozenset({"critic_q", "critic_v"})
@@ -86,17 +89,18 @@ class IDQL(ActorCriticAlgorithm):
 
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> IDQL:
+        t = load_block(IDQLTrain, cfg.train, "train")
         return cls(
             policy,
             instantiate(cfg.model.critic_q, "model.critic_q").to(device),
             instantiate(cfg.model.critic_v, "model.critic_v").to(device),
-            ReplayConfig.from_config(cfg),
-            n_candidates=int(cfg_get(cfg, "train.eval_sample_num", 10)),
-            eval_deterministic=bool(cfg_get(cfg, "train.eval_deterministic", True)),
-            use_expectile_exploration=bool(cfg_get(cfg, "train.use_expectile_exploration", True)),
-            expectile=float(cfg_get(cfg, "train.expectile", 0.8)),
-            critic_hyperparam=float(cfg_get(cfg, "train.critic_hyperparam", 0.7)),
-            optim={name: optimizer_settings(cfg, name) for name in ("actor", "critic")},
+            ReplayConfig.from_config(cfg, t),
+            n_candidates=t.eval_sample_num,
+            eval_deterministic=t.eval_deterministic,
+            use_expectile_exploration=t.use_expectile_exploration,
+            expectile=t.expectile,
+            critic_hyperparam=t.critic_hyperparam,
+            optim=t.optim_settings(),
         )
 
     def min_target_q(self, obs: dict[str, Tensor], actions: Tensor) -> Tensor:

@@ -50,6 +50,7 @@ from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.onpolicy import OnPolicyAgent, OnPolicyAlgorithm
 from agent.optim import make_adamw
 from agent.schedulers import CosineWarmupRestarts
+from agent.schemas import PPOTrain
 from model.base import Policy
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,8 @@ class PPO(OnPolicyAlgorithm):
         critic: V(s) module `cond -> (B,)`.
         config: hyper-parameters.
     """
+
+    train_schema = PPOTrain
 
     model_keys = frozenset({"critic", *PPOConfig.MODEL_KEYS})
 

@@ -30,7 +30,8 @@ from agent.finetune.replay import (
     double_q_target,
 )
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
-from agent.optim import OptimSettings, optimizer_settings, polyak_update
+from agent.optim import OptimSettings, polyak_update
+from agent.schemas import QSMTrain, load_block
 from model.base import Policy
 
 
@@ -44,6 +45,8 @@ class QSM(ActorCriticAlgorithm):
         q_grad_coeff: scale of the Q action-gradient the score is matched to (`train.q_grad_coeff`).
         optim: {actor, critic} -> (lr, weight_decay, lr_scheduler block or None).
     """
+
+    train_schema = QSMTrain
 
     model_keys = frozenset({"critic"})
 
@@ -69,12 +72,13 @@ class QSM(ActorCriticAlgorithm):
 
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> QSM:
+        t = load_block(QSMTrain, cfg.train, "train")
         return cls(
             policy,
             instantiate(cfg.model.critic, "model.critic").to(device),
-            ReplayConfig.from_config(cfg),
-            q_grad_coeff=float(cfg_get(cfg, "train.q_grad_coeff", 10.0)),
-            optim={name: optimizer_settings(cfg, name) for name in ("actor", "critic")},
+            ReplayConfig.from_config(cfg, t),
+            q_grad_coeff=t.q_grad_coeff,
+            optim=t.optim_settings(),
         )
 
     def q_gradient(self, obs: dict[str, Tensor], x: Tensor) -> Tensor:

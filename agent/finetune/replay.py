@@ -34,7 +34,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from agent.finetune.base import Algorithm, FinetuneAgent
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
 from agent.optim import OptimSettings, frozen_copy, make_optimizer
 from agent.rollout import actions_to_numpy, cat_groups, obs_to_tensor, step_env_groups
+from agent.schemas import ReplayTrain, load_block
 from model.base import Policy, Sample
 from model.diffusion.diffusion import DiffusionModel
 
@@ -78,28 +79,22 @@ class ReplayConfig:
     max_grad_norm: float | None
     act_steps: int
 
-    @staticmethod
-    def n_gradient_steps(cfg: DictConfig) -> int:
-        """int(S * E / batch_size * replay_ratio), the reference's num_batch."""
-        s, e = int(cfg.train.n_steps), int(cfg.env.n_envs)
-        return int(s * e / int(cfg.train.batch_size) * float(cfg_get(cfg, "train.replay_ratio", 1)))
-
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> ReplayConfig:
-        tau = cfg_get(cfg, "train.critic_tau", None)
+    def from_config(cls, cfg: DictConfig, train: ReplayTrain) -> ReplayConfig:
+        """The settings of the typed `train` block (agent/schemas.py) and the config's `act_steps` and `env.n_envs`."""
         return cls(
-            gamma=float(cfg_get(cfg, "train.gamma", 0.99)),
-            batch_size=int(cfg.train.batch_size),
-            n_updates=cls.n_gradient_steps(cfg),
-            n_critic_warmup_itr=int(cfg_get(cfg, "train.n_critic_warmup_itr", 0)),
-            tau=float(tau if tau is not None else cfg_get(cfg, "train.target_ema_rate", 0.005)),
-            max_grad_norm=cfg_get(cfg, "train.max_grad_norm", None),
+            gamma=train.gamma,
+            batch_size=train.batch_size,
+            n_updates=train.gradient_steps(int(cfg.env.n_envs)),
+            n_critic_warmup_itr=train.n_critic_warmup_itr,
+            tau=train.polyak_rate,
+            max_grad_norm=train.max_grad_norm,
             act_steps=int(cfg.act_steps),
         )
 
     @classmethod
-    def validate(cls, cfg: DictConfig) -> None:
-        """One-line errors for impossible replay settings."""
+    def validate(cls, cfg: DictConfig, schema: type[ReplayTrain]) -> None:
+        """One-line errors for impossible replay settings; `schema` is the algorithm's `train` schema."""
         get = lambda key, default=None: cfg_get(cfg, key, default)  # noqa: E731
         size, bs, ratio = get("train.buffer_size"), get("train.batch_size"), get("train.replay_ratio")
         n_envs = get("env.n_envs")
@@ -109,7 +104,7 @@ class ReplayConfig:
         )
         require(isinstance(bs, int) and bs >= 1, f"train.batch_size must be an integer >= 1, got {bs!r}")
         require(isinstance(ratio, (int, float)) and ratio > 0, f"train.replay_ratio must be > 0, got {ratio!r}")
-        n = cls.n_gradient_steps(cfg)
+        n = load_block(schema, cfg.train, "train").gradient_steps(int(n_envs))
         require(
             n >= 1,
             f"n_steps * n_envs / batch_size * replay_ratio = {get('train.n_steps')} * {n_envs} / {bs} * {ratio} "
@@ -267,7 +262,7 @@ class ReplayAgent(FinetuneAgent):
 
     def validate(self, cfg: DictConfig) -> None:
         super().validate(cfg)
-        ReplayConfig.validate(cfg)
+        ReplayConfig.validate(cfg, cast(type[ReplayTrain], self.algorithm_class.train_schema))
 
     def setup(self) -> None:
         c = self.cfg

@@ -24,7 +24,8 @@ from agent.config import cfg_get, require
 from agent.finetune.baselines import check_baseline_config
 from agent.finetune.buffer import RolloutBuffer, compute_gae
 from agent.finetune.onpolicy import OnPolicyAgent, OnPolicyAlgorithm
-from agent.optim import OptimSettings, make_optimizer, optimizer_settings
+from agent.optim import OptimSettings, make_optimizer
+from agent.schemas import RWRTrain, load_block
 from model.base import Policy
 from model.diffusion.diffusion import DiffusionModel
 
@@ -67,6 +68,8 @@ class RWR(OnPolicyAlgorithm):
         optim: (lr, weight_decay, lr_scheduler block or None) of `train.lr` etc.
     """
 
+    train_schema = RWRTrain
+
     policy: DiffusionModel  # the whole diffusion policy is trained (check_baseline_config)
 
     def __init__(
@@ -96,19 +99,20 @@ class RWR(OnPolicyAlgorithm):
         for key in ("train.beta", "train.max_reward_weight"):
             v = cfg_get(cfg, key, 1.0)
             require(v > 0, f"{key} must be > 0, got {v}")
-        optimizer_settings(cfg, "")
+        load_block(RWRTrain, cfg.train, "train").optim_settings()  # train.lr > 0
 
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> RWR:
+        t = load_block(RWRTrain, cfg.train, "train")
         return cls(
             policy,
-            gamma=float(cfg_get(cfg, "train.gamma", 0.99)),
-            beta=float(cfg_get(cfg, "train.beta", 10.0)),
-            max_reward_weight=float(cfg_get(cfg, "train.max_reward_weight", 100.0)),
-            batch_size=int(cfg_get(cfg, "train.batch_size", 1000)),
-            update_epochs=int(cfg_get(cfg, "train.update_epochs", 16)),
-            n_warmup_itr=int(cfg_get(cfg, "train.n_critic_warmup_itr", 0)),
-            optim=optimizer_settings(cfg, ""),
+            gamma=t.gamma,
+            beta=t.beta,
+            max_reward_weight=t.max_reward_weight,
+            batch_size=t.batch_size,
+            update_epochs=t.update_epochs,
+            n_warmup_itr=t.n_critic_warmup_itr,
+            optim=t.optim_settings(),
         )
 
     def update(self, buffer: RolloutBuffer) -> dict[str, float]:

@@ -229,7 +229,7 @@ def test_ddim_finetuning_with_a_learned_eta_from_the_config(base: Path):
 
     eta = "+model.eta={_target_:model.diffusion.eta.EtaFixed,base_eta:0.5,min_eta:0.1,max_eta:1.0}"
     extra = ["model.use_ddim=true", "model.ddim_steps=5", "ft_denoising_steps=5", eta, "+model.learn_eta=true",
-             "+train.eta_lr=1e-2", "train.ent_coef=0.01"]  # fmt: skip
+             "train.eta_lr=1e-2", "train.ent_coef=0.01"]  # fmt: skip
     agent = PPOAgent(finetune_config("diffusion", base, 1, extra))
     assert agent.policy.use_ddim and "eta" in agent.algorithm.optimizers
     before = agent.policy.eta.eta_logit.item()

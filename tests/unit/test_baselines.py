@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.utils import get_class
 from torch import Tensor, nn
 
 from agent.config import CFG_ROOT, compose
@@ -23,6 +24,7 @@ from agent.finetune.replay_buffer import ReplayBuffer, Transitions
 from agent.finetune.rwr import RWR, completed_episode_returns
 from agent.logger import read_metrics
 from agent.optim import polyak_update
+from agent.schemas import load_block
 from model.common.critic import CriticObs, CriticObsAct
 from model.diffusion.diffusion import DiffusionModel
 from model.diffusion.mlp_diffusion import DiffusionMLP
@@ -140,7 +142,8 @@ def test_per_sample_diffusion_loss_is_the_hand_computed_noise_error_and_averages
 def test_gradient_steps_per_iteration_match_the_reference(algo: str, steps: int):
     """num_batch = int(S * E / batch * replay_ratio) with DPPO's hopper values."""
     cfg = compose(CFG_ROOT / "gym/finetune/hopper-v2", f"ft_{algo}_diffusion_mlp", ["wandb=null"])
-    assert ReplayConfig.n_gradient_steps(cfg) == steps
+    schema = get_class(cfg._target_).algorithm_class.train_schema
+    assert load_block(schema, cfg.train, "train").gradient_steps(cfg.env.n_envs) == steps
     if algo == "awr":
         assert steps // cfg.train.critic_update_ratio == 320
 
@@ -454,7 +457,7 @@ def test_replay_resume_restores_buffer_optimisers_and_iteration(tmp_dirs: Path):
     from tests.unit.test_baselines_bandit import baseline_config, pretrained_base
 
     base = pretrained_base(tmp_dirs, epochs=1)
-    extra = ["train.save_model_freq=1", "+train.save_replay_buffer=true"]
+    extra = ["train.save_model_freq=1", "train.save_replay_buffer=true"]
     first = DQLAgent(baseline_config("dql", base, 2, extra))
     first.run()
     ckpt_path = checkpoint_path(first.logdir, 1)

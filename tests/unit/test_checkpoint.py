@@ -149,6 +149,6 @@ def test_every_checkpoint_the_agents_write_loads_weights_only(tmp_dirs: Path):
     ppo = PPOAgent(finetune_config("diffusion", base, 1, ["train.reward_scale_running=true"]))
     ppo.run()
     assert _load_weights_only(latest_checkpoint(ppo.logdir))["reward_scaler"]["count"] > 1
-    dql = agent_class("dql")(baseline_config("dql", base, 1, ["+train.save_replay_buffer=true"]))
+    dql = agent_class("dql")(baseline_config("dql", base, 1, ["train.save_replay_buffer=true"]))
     dql.run()
     assert _load_weights_only(latest_checkpoint(dql.logdir))["replay_buffer"]["n_filled"] > 0

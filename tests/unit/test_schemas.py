@@ -9,7 +9,19 @@ from omegaconf import OmegaConf
 
 from agent.config import CFG_ROOT, compose
 from agent.errors import ConfigError
-from agent.schemas import Ema, LrScheduler, PretrainTrain, load_block
+from agent.schemas import (
+    AWRTrain,
+    DIPOTrain,
+    DQLTrain,
+    Ema,
+    IDQLTrain,
+    LrScheduler,
+    PPOTrain,
+    PretrainTrain,
+    QSMTrain,
+    RWRTrain,
+    load_block,
+)
 
 
 def test_defaults_are_dppos_gym_pretraining_values():
@@ -85,3 +97,57 @@ def test_the_config_reference_in_docs_is_generated_from_the_schemas():
 
     assert OUT.read_text() == render(), "run python script/config_reference.py"
     assert "| `n_epochs` | `int` | `200` |" in render()
+
+
+FINETUNE_SCHEMAS = {
+    "PPOAgent": PPOTrain,
+    "DQLAgent": DQLTrain,
+    "QSMAgent": QSMTrain,
+    "DIPOAgent": DIPOTrain,
+    "IDQLAgent": IDQLTrain,
+    "AWRAgent": AWRTrain,
+    "RWRAgent": RWRTrain,
+}
+
+
+def test_every_finetuning_config_is_typed_by_its_algorithms_schema():
+    """The schema is the first default of each algorithm's suite piece, so YAML values land on it (a schema merged
+    after a plain block would reset the block to its defaults)."""
+    from hydra.utils import get_class
+
+    paths = sorted(CFG_ROOT.glob("*/finetune/*/*.yaml")) + sorted(CFG_ROOT.glob("*/scratch/*/*.yaml"))
+    seen = set()
+    for path in paths:
+        cfg = compose(path.parent, path.stem, ["wandb=null"])
+        agent = cfg._target_.split(".")[-1]
+        schema = FINETUNE_SCHEMAS[agent]
+        assert OmegaConf.get_type(cfg.train) is schema, path
+        assert get_class(cfg._target_).algorithm_class.train_schema is schema
+        seen.add(agent)
+    assert seen == set(FINETUNE_SCHEMAS)
+
+
+def test_finetuning_values_come_from_the_yaml_over_the_schema_defaults():
+    ppo = compose(CFG_ROOT / "robomimic/finetune/lift", "ft_ppo_gaussian_mlp_cpu", [])
+    assert (ppo.train.n_steps, ppo.train.batch_size, ppo.train.max_wall_min) == (75, 300, 60)  # the preset's
+    assert ppo.train.eval_n_episodes == ppo.env.n_envs == 20  # the YAML's interpolation
+    assert ppo.train.gae_lambda == 0.95  # the schema's default
+    folder = CFG_ROOT / "gym/finetune/hopper-v2"
+    dql = compose(folder, "ft_dql_diffusion_mlp", ["train.replay_ratio=8"])
+    assert dql.train.replay_ratio == 8.0 and dql.train.target_ema_rate == 0.005 and dql.train.buffer_size == 1000000
+    assert dql.train.scale_reward_factor == 0.01  # gym's actor-critic piece
+
+
+def test_finetuning_schema_defaults_are_dppos_values():
+    ppo = load_block(PPOTrain, {}, "train")
+    assert (ppo.n_train_itr, ppo.n_steps, ppo.batch_size, ppo.update_epochs, ppo.gamma, ppo.gae_lambda) == (
+        1000,
+        500,
+        50000,
+        5,
+        0.99,
+        0.95,
+    )
+    assert ppo.actor_lr_scheduler == LrScheduler(1000, 10, 1e-4) and ppo.target_kl == 1.0
+    assert load_block(IDQLTrain, {}, "train").replay_ratio == 128.0
+    assert load_block(RWRTrain, {}, "train").update_epochs == 16
