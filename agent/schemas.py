@@ -160,8 +160,9 @@ class FinetuneTrain:
     eval_n_steps: int | None = None
     save_model_freq: int = 100
     log_freq: int = 1
-    max_env_steps: float | None = None
-    max_wall_min: float | None = None
+    # Any: a positive number or null, checked by FinetuneAgent.validate (one line naming the key for any value)
+    max_env_steps: Any = None
+    max_wall_min: Any = None
     nan_policy: str | None = "stop"
 
 
@@ -194,25 +195,41 @@ class ActorCriticTrain(FinetuneTrain):
 
 
 @dataclass
-class PPOTrain(ActorCriticTrain):
+class OnPolicyTrain(FinetuneTrain):
+    """`train` keys of the on-policy loop (agent/finetune/onpolicy.py: PPO, RWR).
+
+    Attributes:
+        gae_lambda: lambda of GAE (RWR: returns with lambda = 1 and no critic, this key unused).
+        logprob_batch_size: env steps per batch of the value / old-log-prob passes.
+        reward_scale_running: divide rewards by a running std of the discounted return.
+        reward_scale_const: multiply rewards by this.
+        augment: pixels: randomly shift the stored images once per iteration (augment_pad pixels).
+        augment_pad: the shift's padding in pixels.
+    """
+
+    gae_lambda: float = 0.95
+    logprob_batch_size: int = 10000
+    reward_scale_running: bool = False
+    reward_scale_const: float = 1.0
+    augment: bool = False
+    augment_pad: int = 4
+
+
+@dataclass
+class PPOTrain(ActorCriticTrain, OnPolicyTrain):
     """`train` block of PPO fine-tuning (DPPO for diffusion; Gaussian/GMM PPO), DPPO's hopper-v2 values; the clipping
     keys live in the `model` block, as in DPPO (docs/algorithms.md#ppo-loss).
 
     Attributes:
         batch_size: (env step x denoising step) rows per minibatch.
-        gae_lambda: lambda of GAE.
-        logprob_batch_size: env steps per batch of the value / old-log-prob passes.
         update_epochs: passes over the rollout per iteration.
         grad_accumulate: optimiser step every this many minibatches, on their mean gradient (pixels: 15).
         update_chunk_rows: rows per actor backward pass within a minibatch (null: 2048 on CPU, all on GPU).
-        augment: pixels: randomly shift the stored images once per iteration (augment_pad pixels).
-        augment_pad: the shift's padding in pixels.
         vf_coef: weight of the value loss.
         ent_coef: weight of the entropy bonus.
         target_kl: stop the update once a minibatch's approximate KL exceeds this (null: never).
         max_grad_norm: clip the actor's gradient norm (null: no clipping).
-        reward_scale_running: divide rewards by a running std of the discounted return.
-        reward_scale_const: multiply rewards by this.
+        reward_scale_running: see OnPolicyTrain (on for PPO).
         use_bc_loss: regularise toward the pretrained policy's chains.
         bc_loss_coeff: weight of that term.
         eta_lr: learning rate of a learned DDIM eta.
@@ -222,19 +239,14 @@ class PPOTrain(ActorCriticTrain):
     """
 
     batch_size: int = 50000
-    gae_lambda: float = 0.95
-    logprob_batch_size: int = 10000
     update_epochs: int = 5
     grad_accumulate: int = 1
     update_chunk_rows: int | None = None
-    augment: bool = False
-    augment_pad: int = 4
     vf_coef: float = 0.5
     ent_coef: float = 0.0
     target_kl: float | None = 1.0
     max_grad_norm: float | None = None
     reward_scale_running: bool = True
-    reward_scale_const: float = 1.0
     use_bc_loss: bool = False
     bc_loss_coeff: float = 0.0
     eta_lr: float = 1e-4
@@ -372,7 +384,7 @@ class AWRTrain(ReplayTrain):
 
 
 @dataclass
-class RWRTrain(FinetuneTrain):
+class RWRTrain(OnPolicyTrain):
     """`train` block of reward-weighted regression (docs/algorithms.md#rwr), an on-policy baseline.
 
     Attributes:
@@ -463,6 +475,7 @@ __all__ = [
     "DQLTrain",
     "Ema",
     "FinetuneTrain",
+    "OnPolicyTrain",
     "IDQLTrain",
     "LrScheduler",
     "PPOTrain",

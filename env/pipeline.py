@@ -37,6 +37,9 @@ _CONTRACT_ATTRIBUTES = ("n_obs_steps", "obs_dim", "n_action_steps", "action_dim"
 
 StepResult = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
 
+EXIT_WAIT_S = 2.0
+"""Seconds to wait for a worker whose pipe closed to be reaped, so the error says how it ended."""
+
 
 def group_slices(n_envs: int, n_groups: int) -> list[slice]:
     """Split E sub-envs into `n_groups` contiguous, nearly equal slices (the first ones one larger)."""
@@ -221,6 +224,7 @@ class PipelinedVectorEnv:
                 raise self._failure(w, stage, detail)
             return conn.recv()
         except (EOFError, BrokenPipeError, ConnectionError, OSError) as e:
+            process.join(EXIT_WAIT_S)  # the pipe closed as the worker ended: wait for its exit code (busy machines)
             raise self._failure(w, stage, _describe_exit(process.exitcode, process.pid)) from e
 
     def _receive_all(self, stage: str, timeout: float | None) -> list[Any]:
@@ -240,6 +244,7 @@ class PipelinedVectorEnv:
         try:
             self._conns[w].send(message)
         except (BrokenPipeError, ConnectionError, OSError) as e:
+            self._processes[w].join(EXIT_WAIT_S)
             raise self._failure(w, stage, _describe_exit(self._processes[w].exitcode)) from e
 
     # ------------------------------------------------------------------ vector env API

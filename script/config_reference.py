@@ -28,6 +28,7 @@ DOCUMENTED = [
     schemas.LrScheduler,
     schemas.FinetuneTrain,
     schemas.ActorCriticTrain,
+    schemas.OnPolicyTrain,
     schemas.PPOTrain,
     schemas.ReplayTrain,
     schemas.DQLTrain,
@@ -80,12 +81,12 @@ def render() -> str:
     for cls in DOCUMENTED:
         summary = " ".join(line.strip() for line in (cls.__doc__ or "").strip().split("\n\n")[0].splitlines())
         docs = attribute_docs(cls)
-        base = next((b for b in cls.__mro__[1:] if dataclasses.is_dataclass(b)), None)
-        inherited = {f.name: default_of(f) for f in dataclasses.fields(base)} if base else {}
+        bases = [b for b in cls.__bases__ if dataclasses.is_dataclass(b)]
+        inherited = {f.name: default_of(f) for b in bases for f in dataclasses.fields(b)}
         where = f" (`schema/{store_names[cls]}`)" if cls in store_names else " (a base of the schemas below)"
         lines += ["", f"## `{cls.__name__}`{where}", "", summary]
-        if base is not None:
-            lines += ["", f"Also every key of `{base.__name__}`."]
+        if bases:
+            lines += ["", f"Also every key of {' and '.join(f'`{b.__name__}`' for b in bases)}."]
         lines += ["", "| key | type | default | meaning |", "|---|---|---|---|"]
         for f in dataclasses.fields(cls):
             if inherited.get(f.name) == default_of(f) and f.name not in docs:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from agent.finetune.base import Algorithm, FinetuneAgent
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.reward_scaling import RunningRewardScaler
 from agent.rollout import actions_to_numpy, cat_groups, obs_to_tensor, step_env_groups
+from agent.schemas import OnPolicyTrain
 
 log = logging.getLogger(__name__)
 
@@ -82,26 +83,22 @@ class OnPolicyAgent(FinetuneAgent):
         require(isinstance(pad, int) and pad >= 0, f"train.augment_pad must be an integer >= 0, got {pad!r}")
 
     def setup(self) -> None:
-        t = self.cfg.train
-        self.n_steps = int(t.n_steps)
-        self.gamma = float(OmegaConf.select(t, "gamma", default=0.99))
-        self.gae_lambda = float(OmegaConf.select(t, "gae_lambda", default=0.95))
-        self.reward_scale_const = float(OmegaConf.select(t, "reward_scale_const", default=1.0))
+        t = cast(OnPolicyTrain, self.train_cfg)
+        self.n_steps = t.n_steps
+        self.gamma = t.gamma
+        self.gae_lambda = t.gae_lambda
+        self.reward_scale_const = t.reward_scale_const
         # Values and PPO's old log-probs are computed in batches of this many env steps. The reference requires it
         # to divide n_envs because it splits along the step axis; the flattened buffer here has no such need.
-        self.batch_rows = int(OmegaConf.select(t, "logprob_batch_size", default=10000))
+        self.batch_rows = t.logprob_batch_size
         self.reset_at_iteration = bool(OmegaConf.select(self.cfg, "env.reset_at_iteration", default=True))
-        self.reward_scaler = (
-            RunningRewardScaler(self.n_envs) if OmegaConf.select(t, "reward_scale_running", default=False) else None
-        )
+        self.reward_scaler = RunningRewardScaler(self.n_envs) if t.reward_scale_running else None
         space = self.env.single_observation_space
         obs_spec = {
             key: (tuple(space[key].shape), torch.from_numpy(np.zeros(0, dtype=space[key].dtype)).dtype)
             for key in space.spaces
         }
-        self.augment_pad = (
-            int(OmegaConf.select(t, "augment_pad", default=4)) if OmegaConf.select(t, "augment", default=False) else 0
-        )
+        self.augment_pad = t.augment_pad if t.augment else 0
         require(
             self.augment_pad == 0 or "rgb" in obs_spec,
             f"train.augment shifts the stored images, but env {self.cfg.env.name} gives no 'rgb' observations "

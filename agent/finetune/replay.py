@@ -267,9 +267,10 @@ class ReplayAgent(FinetuneAgent):
     def setup(self) -> None:
         c = self.cfg
         self.n_steps = int(c.train.n_steps)
-        self.scale_reward = float(cfg_get(c, "train.scale_reward_factor", 1.0))
+        t = cast(ReplayTrain, self.train_cfg)
+        self.scale_reward = t.scale_reward_factor
         self.reset_at_iteration = bool(cfg_get(c, "env.reset_at_iteration", True))
-        self.save_buffer = bool(cfg_get(c, "train.save_replay_buffer", False))
+        self.save_buffer = t.save_replay_buffer
         space = self.env.single_observation_space
         obs_spec = {
             key: (tuple(space[key].shape), torch.from_numpy(np.zeros(0, dtype=space[key].dtype)).dtype)
