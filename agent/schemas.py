@@ -186,6 +186,11 @@ class ActorCriticTrain(FinetuneTrain):
     critic_weight_decay: float = 0.0
     critic_lr_scheduler: LrScheduler | None = _schedule(1000, 10, 1e-3)
 
+    def __post_init__(self) -> None:
+        for key, schedule in (("actor", self.actor_lr_scheduler), ("critic", self.critic_lr_scheduler)):
+            if schedule is not None:
+                schedule.check(f"train.{key}_lr_scheduler")
+
     def optim_settings(self) -> dict[str, OptimSettings]:
         """{actor, critic} -> (lr, weight_decay, lr_scheduler block or None), for agent.optim.make_optimizer."""
         return {
@@ -308,6 +313,10 @@ class DQLTrain(ReplayTrain):
     replay_ratio: float = 16.0
     bc_on_policy_samples: bool = False
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.eta >= 0, f"train.eta must be >= 0, got {self.eta}")
+
 
 @dataclass
 class QSMTrain(ReplayTrain):
@@ -338,6 +347,12 @@ class DIPOTrain(ReplayTrain):
     action_lr: float = 1e-4
     action_gradient_steps: int = 10
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        steps = self.action_gradient_steps
+        require(steps >= 1, f"train.action_gradient_steps must be >= 1, got {steps!r}")
+        require(self.action_lr > 0, f"train.action_lr must be > 0, got {self.action_lr}")
+
 
 @dataclass
 class IDQLTrain(ReplayTrain):
@@ -361,6 +376,13 @@ class IDQLTrain(ReplayTrain):
     expectile: float = 0.8
     critic_hyperparam: float = 0.7
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = self.eval_sample_num
+        require(n >= 1, f"train.eval_sample_num must be an integer >= 1, got {n!r}")
+        for key, v in (("train.expectile", self.expectile), ("train.critic_hyperparam", self.critic_hyperparam)):
+            require(0.0 < v < 1.0, f"{key} must be in (0, 1), got {v}")
+
 
 @dataclass
 class AWRTrain(ReplayTrain):
@@ -381,6 +403,13 @@ class AWRTrain(ReplayTrain):
     critic_update_ratio: int = 4
     td_lambda: float = 0.95
     td_alpha: float = 0.95
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ratio = self.critic_update_ratio
+        require(ratio >= 1, f"train.critic_update_ratio must be >= 1, got {ratio!r}")
+        for key, v in (("train.td_lambda", self.td_lambda), ("train.td_alpha", self.td_alpha)):
+            require(0.0 <= v <= 1.0, f"{key} must be in [0, 1], got {v}")
 
 
 @dataclass
@@ -404,6 +433,13 @@ class RWRTrain(OnPolicyTrain):
     max_reward_weight: float = 100.0
     batch_size: int = 1000
     update_epochs: int = 16
+
+    def __post_init__(self) -> None:
+        require(self.update_epochs >= 1, f"train.update_epochs must be >= 1, got {self.update_epochs!r}")
+        require(self.batch_size >= 1, f"train.batch_size must be an integer >= 1, got {self.batch_size!r}")
+        for key, v in (("train.beta", self.beta), ("train.max_reward_weight", self.max_reward_weight)):
+            require(v > 0, f"{key} must be > 0, got {v}")
+        self.optim_settings()  # train.lr > 0
 
     def optim_settings(self) -> OptimSettings:
         """(lr, weight_decay, lr_scheduler block or None) of the policy's optimiser."""

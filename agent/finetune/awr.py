@@ -89,11 +89,7 @@ class AWR(ActorCriticAlgorithm):
     def validate_config(cls, cfg: DictConfig) -> None:
         check_baseline_config(cfg, ("actor", "critic"))
         require(cfg_get(cfg, "model.critic") is not None, "AWR needs model.critic (a CriticObs)")
-        ratio = cfg_get(cfg, "train.critic_update_ratio", 4)
-        require(isinstance(ratio, int) and ratio >= 1, f"train.critic_update_ratio must be >= 1, got {ratio!r}")
-        for key in ("train.td_lambda", "train.td_alpha"):
-            v = cfg_get(cfg, key, 0.95)
-            require(0.0 <= v <= 1.0, f"{key} must be in [0, 1], got {v}")
+        load_block(AWRTrain, cfg.train, "train")  # its range checks
 
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> AWR:

@@ -75,9 +75,7 @@ class DIPO(ActorCriticAlgorithm):
     def validate_config(cls, cfg: DictConfig) -> None:
         check_baseline_config(cfg, ("actor", "critic"))
         require(cfg_get(cfg, "model.critic") is not None, "DIPO needs model.critic (a double-Q CriticObsAct)")
-        steps, lr = cfg_get(cfg, "train.action_gradient_steps", 10), cfg_get(cfg, "train.action_lr", 1e-4)
-        require(isinstance(steps, int) and steps >= 1, f"train.action_gradient_steps must be >= 1, got {steps!r}")
-        require(lr > 0, f"train.action_lr must be > 0, got {lr}")
+        load_block(DIPOTrain, cfg.train, "train")  # its range checks
 
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> DIPO:

@@ -72,7 +72,7 @@ class DQL(ActorCriticAlgorithm):
     def validate_config(cls, cfg: DictConfig) -> None:
         check_baseline_config(cfg, ("actor", "critic"))
         require(cfg_get(cfg, "model.critic") is not None, "DQL needs model.critic (a double-Q CriticObsAct)")
-        require(cfg_get(cfg, "train.eta", 1.0) >= 0, f"train.eta must be >= 0, got {cfg_get(cfg, 'train.eta')}")
+        load_block(DQLTrain, cfg.train, "train")  # its range checks
 
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> DQL:

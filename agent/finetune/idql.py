@@ -81,11 +81,7 @@ class IDQL(ActorCriticAlgorithm):
         check_baseline_config(cfg, ("actor", "critic"))
         for key in ("model.critic_q", "model.critic_v"):
             require(cfg_get(cfg, key) is not None, f"IDQL needs {key} (double-Q CriticObsAct and CriticObs)")
-        n = cfg_get(cfg, "train.eval_sample_num", 10)
-        require(isinstance(n, int) and n >= 1, f"train.eval_sample_num must be an integer >= 1, got {n!r}")
-        for key, default in (("train.expectile", 0.8), ("train.critic_hyperparam", 0.7)):
-            v = cfg_get(cfg, key, default)
-            require(0.0 < v < 1.0, f"{key} must be in (0, 1), got {v}")
+        load_block(IDQLTrain, cfg.train, "train")  # its range checks
 
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> IDQL:

@@ -20,7 +20,6 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from agent.config import cfg_get, require
 from agent.finetune.baselines import check_baseline_config
 from agent.finetune.buffer import RolloutBuffer, compute_gae
 from agent.finetune.onpolicy import OnPolicyAgent, OnPolicyAlgorithm
@@ -93,13 +92,7 @@ class RWR(OnPolicyAlgorithm):
     def validate_config(cls, cfg: DictConfig) -> None:
         # RWR trains on the full-horizon chunks the policy sampled, so horizon_steps may exceed act_steps.
         check_baseline_config(cfg, ("",), needs_te_chunks=False)
-        epochs, bs = cfg_get(cfg, "train.update_epochs", 16), cfg_get(cfg, "train.batch_size", 1000)
-        require(isinstance(epochs, int) and epochs >= 1, f"train.update_epochs must be >= 1, got {epochs!r}")
-        require(isinstance(bs, int) and bs >= 1, f"train.batch_size must be an integer >= 1, got {bs!r}")
-        for key in ("train.beta", "train.max_reward_weight"):
-            v = cfg_get(cfg, key, 1.0)
-            require(v > 0, f"{key} must be > 0, got {v}")
-        load_block(RWRTrain, cfg.train, "train").optim_settings()  # train.lr > 0
+        load_block(RWRTrain, cfg.train, "train")  # its range checks
 
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> RWR:

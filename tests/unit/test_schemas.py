@@ -151,3 +151,20 @@ def test_finetuning_schema_defaults_are_dppos_values():
     assert ppo.actor_lr_scheduler == LrScheduler(1000, 10, 1e-4) and ppo.target_kl == 1.0
     assert load_block(IDQLTrain, {}, "train").replay_ratio == 128.0
     assert load_block(RWRTrain, {}, "train").update_epochs == 16
+
+
+@pytest.mark.parametrize(
+    ("schema", "node", "message"),
+    [
+        (DQLTrain, {"eta": -1}, "train.eta must be >= 0, got -1.0"),
+        (DIPOTrain, {"action_gradient_steps": 0}, "train.action_gradient_steps must be >= 1, got 0"),
+        (IDQLTrain, {"expectile": 1.0}, "train.expectile must be in (0, 1), got 1.0"),
+        (AWRTrain, {"td_lambda": 1.5}, "train.td_lambda must be in [0, 1], got 1.5"),
+        (RWRTrain, {"lr": 0}, "train.lr must be set to a value > 0, got 0.0"),
+        (PPOTrain, {"actor_lr_scheduler": {"warmup_steps": -1}}, "train.actor_lr_scheduler.warmup_steps"),
+    ],
+)
+def test_finetuning_range_checks_are_one_line_naming_the_key(schema, node, message):
+    with pytest.raises(ConfigError) as info:
+        load_block(schema, node, "train")
+    assert str(info.value).startswith(message)
