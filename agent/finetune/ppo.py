@@ -48,8 +48,7 @@ from torch import Tensor, nn
 from agent.config import instantiate, require
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.onpolicy import OnPolicyAgent, OnPolicyAlgorithm
-from agent.optim import make_adamw
-from agent.schedulers import CosineWarmupRestarts
+from agent.optim import make_optimizer
 from agent.schemas import PPOTrain
 from model.base import Policy
 
@@ -111,12 +110,6 @@ class Minibatch(NamedTuple):
     old_log_probs: Tensor
     critic_cond: dict[str, Tensor] | None = None
     critic_index: Tensor | None = None
-
-
-def _scheduler_cfg(node: Any, lr: float) -> dict[str, Any]:
-    if node is None:  # constant lr
-        return {"first_cycle_steps": 1, "warmup_steps": 0, "min_lr": lr}
-    return dict(node)
 
 
 @dataclass
@@ -217,20 +210,15 @@ class PPO(OnPolicyAlgorithm):
         self.actor_params = [p for p in policy.trainable_parameters() if id(p) not in eta_ids]
         c = config
         self.modules["critic"] = critic
-        self.optimizers["actor"] = make_adamw(self.actor_params, c.actor_lr, c.actor_weight_decay)
-        self.optimizers["critic"] = make_adamw(critic.parameters(), c.critic_lr, c.critic_weight_decay)
-        self.schedulers["actor"] = CosineWarmupRestarts(
-            self.optimizers["actor"], **_scheduler_cfg(c.actor_lr_scheduler, c.actor_lr), max_lr=c.actor_lr
+        self.optimizers["actor"], self.schedulers["actor"] = make_optimizer(
+            self.actor_params, c.actor_lr, c.actor_weight_decay, c.actor_lr_scheduler
         )
-        self.schedulers["critic"] = CosineWarmupRestarts(
-            self.optimizers["critic"],
-            **_scheduler_cfg(c.critic_lr_scheduler, c.critic_lr),
-            max_lr=c.critic_lr,
+        self.optimizers["critic"], self.schedulers["critic"] = make_optimizer(
+            critic.parameters(), c.critic_lr, c.critic_weight_decay, c.critic_lr_scheduler
         )
         if self.eta_params:
-            self.optimizers["eta"] = make_adamw(self.eta_params, c.eta_lr, c.eta_weight_decay)
-            self.schedulers["eta"] = CosineWarmupRestarts(
-                self.optimizers["eta"], **_scheduler_cfg(c.eta_lr_scheduler, c.eta_lr), max_lr=c.eta_lr
+            self.optimizers["eta"], self.schedulers["eta"] = make_optimizer(
+                self.eta_params, c.eta_lr, c.eta_weight_decay, c.eta_lr_scheduler
             )
         # The BC regulariser samples chains from the pretrained policy: diffusion keeps it as the frozen `network`
         # (sample(use_base_policy=True)); Gaussian/GMM get a frozen copy, checkpointed with the algorithm.
