@@ -50,12 +50,20 @@ class LrScheduler:
     warmup_steps: int = 0
     min_lr: float = 0.0
 
-    def check(self, where: str) -> None:
-        """One-line errors for an impossible schedule; `where` is the block's key (e.g. train.lr_scheduler)."""
-        # A warm-up as long as the cycle is allowed (train.n_epochs=1 with DPPO's warmup_steps=1 must still run).
+    def check(self, where: str, per_iteration: bool = False) -> None:
+        """One-line errors for an impossible schedule; `where` is the block's key (e.g. train.lr_scheduler).
+
+        Pretraining allows a warm-up as long as the cycle (`train.n_epochs=1` with DPPO's warmup_steps=1 must still
+        run); fine-tuning's per-iteration schedules (`per_iteration`) need warmup_steps < first_cycle_steps.
+        """
         require(self.first_cycle_steps >= 1, f"{where}.first_cycle_steps must be >= 1, got {self.first_cycle_steps}")
         require(self.warmup_steps >= 0, f"{where}.warmup_steps must be >= 0, got {self.warmup_steps}")
         require(self.min_lr >= 0, f"{where}.min_lr must be >= 0, got {self.min_lr}")
+        cycle, warmup = self.first_cycle_steps, self.warmup_steps
+        require(
+            not per_iteration or warmup < cycle,
+            f"{where}: warmup_steps={warmup} must be in [0, first_cycle_steps={cycle})",
+        )
 
 
 @dataclass
@@ -165,6 +173,23 @@ class FinetuneTrain:
     max_wall_min: Any = None
     nan_policy: str | None = "stop"
 
+    def __post_init__(self) -> None:
+        for key in ("n_train_itr", "n_steps", "save_model_freq", "batch_size", "log_freq"):
+            v = getattr(self, key)
+            require(v >= 1, f"train.{key} must be an integer >= 1, got {v!r}")
+        for key in ("max_env_steps", "max_wall_min"):
+            v = getattr(self, key)
+            require(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+                f"train.{key} must be a positive number or null, got {v!r}",
+            )
+        val_freq = self.val_freq
+        require(val_freq is None or val_freq >= 1, f"train.val_freq must be an integer >= 1 or null, got {val_freq!r}")
+        require(0.0 < self.gamma <= 1.0, f"train.gamma must be in (0, 1], got {self.gamma}")
+        warm = self.n_critic_warmup_itr
+        require(warm >= 0, f"train.n_critic_warmup_itr must be an integer >= 0, got {warm!r}")
+        self.nan_policy = check_nan_policy(self.nan_policy)
+
 
 @dataclass
 class ActorCriticTrain(FinetuneTrain):
@@ -187,9 +212,10 @@ class ActorCriticTrain(FinetuneTrain):
     critic_lr_scheduler: LrScheduler | None = _schedule(1000, 10, 1e-3)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for key, schedule in (("actor", self.actor_lr_scheduler), ("critic", self.critic_lr_scheduler)):
             if schedule is not None:
-                schedule.check(f"train.{key}_lr_scheduler")
+                schedule.check(f"train.{key}_lr_scheduler", per_iteration=True)
 
     def optim_settings(self) -> dict[str, OptimSettings]:
         """{actor, critic} -> (lr, weight_decay, lr_scheduler block or None), for agent.optim.make_optimizer."""
@@ -218,6 +244,13 @@ class OnPolicyTrain(FinetuneTrain):
     reward_scale_const: float = 1.0
     augment: bool = False
     augment_pad: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0.0 <= self.gae_lambda <= 1.0, f"train.gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        lbs, pad = self.logprob_batch_size, self.augment_pad
+        require(lbs >= 1, f"train.logprob_batch_size must be an integer >= 1, got {lbs!r}")
+        require(pad >= 0, f"train.augment_pad must be an integer >= 0, got {pad!r}")
 
 
 @dataclass
@@ -259,6 +292,21 @@ class PPOTrain(ActorCriticTrain, OnPolicyTrain):
     eta_lr_scheduler: LrScheduler | None = None
     eta_update_interval: int = 1
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        accumulate, chunk, epochs = self.grad_accumulate, self.update_chunk_rows, self.update_epochs
+        require(accumulate >= 1, f"train.grad_accumulate must be an integer >= 1, got {accumulate!r}")
+        require(
+            chunk is None or chunk >= 1,
+            f"train.update_chunk_rows must be an integer >= 1 or null (automatic), got {chunk!r}",
+        )
+        require(epochs >= 1, f"train.update_epochs must be >= 1, got {epochs!r}")
+        kl = self.target_kl
+        require(kl is None or kl > 0, f"train.target_kl must be > 0 or null, got {kl}")
+        if self.eta_lr_scheduler is not None:
+            self.eta_lr_scheduler.check("train.eta_lr_scheduler", per_iteration=True)
+        require(not self.use_bc_loss or self.bc_loss_coeff > 0, "train.use_bc_loss needs train.bc_loss_coeff > 0")
+
 
 @dataclass
 class ReplayTrain(ActorCriticTrain):
@@ -282,6 +330,14 @@ class ReplayTrain(ActorCriticTrain):
     save_replay_buffer: bool = False
     critic_tau: float | None = None
     target_ema_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.replay_ratio > 0, f"train.replay_ratio must be > 0, got {self.replay_ratio!r}")
+        for key, tau in (("train.critic_tau", self.critic_tau), ("train.target_ema_rate", self.target_ema_rate)):
+            require(tau is None or 0.0 < tau <= 1.0, f"{key} must be in (0, 1], got {tau}")
+        scale = self.scale_reward_factor
+        require(scale > 0, f"train.scale_reward_factor must be > 0, got {scale}")
 
     @property
     def polyak_rate(self) -> float:
@@ -435,8 +491,10 @@ class RWRTrain(OnPolicyTrain):
     update_epochs: int = 16
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(self.update_epochs >= 1, f"train.update_epochs must be >= 1, got {self.update_epochs!r}")
-        require(self.batch_size >= 1, f"train.batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.check("train.lr_scheduler", per_iteration=True)
         for key, v in (("train.beta", self.beta), ("train.max_reward_weight", self.max_reward_weight)):
             require(v > 0, f"{key} must be > 0, got {v}")
         self.optim_settings()  # train.lr > 0

@@ -87,7 +87,7 @@ class AWR(ActorCriticAlgorithm):
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        check_baseline_config(cfg, ("actor", "critic"))
+        check_baseline_config(cfg)
         require(cfg_get(cfg, "model.critic") is not None, "AWR needs model.critic (a CriticObs)")
         load_block(AWRTrain, cfg.train, "train")  # its range checks
 

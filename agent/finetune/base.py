@@ -157,20 +157,10 @@ class FinetuneAgent(BaseAgent):
         get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
         require(get("env") is not None and get("env.name"), "fine-tuning needs an `env` block with env.name")
         require(get("act_steps") is not None, "act_steps (env steps executed per action chunk) must be set")
-        for key in ("train.n_train_itr", "train.n_steps", "train.save_model_freq", "env.n_envs"):
-            v = get(key)
-            require(isinstance(v, int) and v >= 1, f"{key} must be an integer >= 1, got {v!r}")
-        for key in ("train.max_env_steps", "train.max_wall_min"):
-            v = get(key)
-            require(
-                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
-                f"{key} must be a positive number or null, got {v!r}",
-            )
-        val_freq = get("train.val_freq")
-        require(
-            val_freq is None or (isinstance(val_freq, int) and val_freq >= 1),
-            f"train.val_freq must be an integer >= 1 or null, got {val_freq!r}",
-        )
+        n_envs = get("env.n_envs")
+        require(isinstance(n_envs, int) and n_envs >= 1, f"env.n_envs must be an integer >= 1, got {n_envs!r}")
+        # the typed `train` block (agent/schemas.py): its range checks run here; the loop reads its keys from it
+        self.train_cfg = load_block(self.algorithm_class.train_schema, cfg.train, "train")
         resume = get("resume")
         base = get("base_policy_path")
         if base and not resume and find_checkpoint(base) is None:
@@ -178,10 +168,7 @@ class FinetuneAgent(BaseAgent):
                 f"base_policy_path={base} has no checkpoint; pretrain first with `{pretrain_command(cfg)}` "
                 "or pass base_policy_path=<path to state_<N>.pt>"
             )
-        check_nan_policy(get("train.nan_policy"))
         self.algorithm_class.validate_config(cfg)
-        # the typed `train` block (agent/schemas.py): the loop reads its keys from here
-        self.train_cfg = load_block(self.algorithm_class.train_schema, cfg.train, "train")
 
     # ---------------------------------------------------------------- set-up
     def __init__(self, cfg: DictConfig) -> None:

@@ -73,7 +73,7 @@ class DIPO(ActorCriticAlgorithm):
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        check_baseline_config(cfg, ("actor", "critic"))
+        check_baseline_config(cfg)
         require(cfg_get(cfg, "model.critic") is not None, "DIPO needs model.critic (a double-Q CriticObsAct)")
         load_block(DIPOTrain, cfg.train, "train")  # its range checks
 

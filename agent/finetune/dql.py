@@ -70,7 +70,7 @@ class DQL(ActorCriticAlgorithm):
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        check_baseline_config(cfg, ("actor", "critic"))
+        check_baseline_config(cfg)
         require(cfg_get(cfg, "model.critic") is not None, "DQL needs model.critic (a double-Q CriticObsAct)")
         load_block(DQLTrain, cfg.train, "train")  # its range checks
 

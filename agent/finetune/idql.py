@@ -78,7 +78,7 @@ class IDQL(ActorCriticAlgorithm):
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        check_baseline_config(cfg, ("actor", "critic"))
+        check_baseline_config(cfg)
         for key in ("model.critic_q", "model.critic_v"):
             require(cfg_get(cfg, key) is not None, f"IDQL needs {key} (double-Q CriticObsAct and CriticObs)")
         load_block(IDQLTrain, cfg.train, "train")  # its range checks

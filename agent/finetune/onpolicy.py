@@ -68,20 +68,6 @@ class OnPolicyAgent(FinetuneAgent):
 
     algorithm: OnPolicyAlgorithm
 
-    def validate(self, cfg) -> None:
-        super().validate(cfg)
-        get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
-        gamma, lam = get("train.gamma", 0.99), get("train.gae_lambda", 0.95)
-        require(0.0 < gamma <= 1.0, f"train.gamma must be in (0, 1], got {gamma}")
-        require(0.0 <= lam <= 1.0, f"train.gae_lambda must be in [0, 1], got {lam}")
-        lbs = get("train.logprob_batch_size", 10000)
-        require(
-            isinstance(lbs, int) and lbs >= 1,
-            f"train.logprob_batch_size must be an integer >= 1, got {lbs!r}",
-        )
-        pad = get("train.augment_pad", 4)
-        require(isinstance(pad, int) and pad >= 0, f"train.augment_pad must be an integer >= 0, got {pad!r}")
-
     def setup(self) -> None:
         t = cast(OnPolicyTrain, self.train_cfg)
         self.n_steps = t.n_steps

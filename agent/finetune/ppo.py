@@ -49,7 +49,7 @@ from agent.config import instantiate, require
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.onpolicy import OnPolicyAgent, OnPolicyAlgorithm
 from agent.optim import make_optimizer
-from agent.schemas import PPOTrain
+from agent.schemas import PPOTrain, load_block
 from model.base import Policy
 
 log = logging.getLogger(__name__)
@@ -236,9 +236,9 @@ class PPO(OnPolicyAlgorithm):
             isinstance(k, int) and k >= 1,
             f"ft_denoising_steps={k}: PPO fine-tuning needs at least one fine-tuned denoising step",
         )
-        rows = int(get("train.n_steps")) * int(get("env.n_envs")) * k
-        bs = get("train.batch_size", 50000)
-        require(isinstance(bs, int) and bs >= 1, f"train.batch_size must be an integer >= 1, got {bs!r}")
+        t = load_block(PPOTrain, cfg.train, "train")  # the train block's own checks (agent/schemas.py)
+        rows = t.n_steps * int(get("env.n_envs")) * k
+        bs = t.batch_size
         if bs > rows:  # as the reference: one minibatch of every row (a tiny smoke run, a chain of length one)
             log.warning(
                 "train.batch_size=%d is larger than one rollout's %d (env step x denoising step) rows "
@@ -251,18 +251,6 @@ class PPO(OnPolicyAlgorithm):
             bs >= 2 or not get("model.norm_adv", True),
             "train.batch_size must be >= 2 to normalise advantages",
         )
-        accumulate = get("train.grad_accumulate", 1)
-        require(
-            isinstance(accumulate, int) and accumulate >= 1,
-            f"train.grad_accumulate must be an integer >= 1, got {accumulate!r}",
-        )
-        chunk = get("train.update_chunk_rows", None)
-        require(
-            chunk is None or (isinstance(chunk, int) and chunk >= 1),
-            f"train.update_chunk_rows must be an integer >= 1 or null (automatic), got {chunk!r}",
-        )
-        epochs = get("train.update_epochs", 5)
-        require(isinstance(epochs, int) and epochs >= 1, f"train.update_epochs must be >= 1, got {epochs!r}")
         horizon = get("reward_horizon", None) or get("act_steps")
         require(
             1 <= horizon <= get("horizon_steps"),
@@ -271,26 +259,11 @@ class PPO(OnPolicyAlgorithm):
         for key in ("model.clip_ploss_coef", "model.clip_ploss_coef_base"):
             v = get(key)
             require(v is None or v > 0, f"{key} must be > 0, got {v}")
-        kl = get("train.target_kl")
-        require(kl is None or kl > 0, f"train.target_kl must be > 0 or null, got {kl}")
         lo, hi = (
             get("model.clip_advantage_lower_quantile", 0.0),
             get("model.clip_advantage_upper_quantile", 1.0),
         )
         require(0.0 <= lo < hi <= 1.0, f"advantage quantiles must satisfy 0 <= lower < upper <= 1, got {lo}, {hi}")
-        warm = get("train.n_critic_warmup_itr", 0)
-        require(isinstance(warm, int) and warm >= 0, f"train.n_critic_warmup_itr must be >= 0, got {warm!r}")
-        for name in ("actor", "critic", "eta"):
-            sched = get(f"train.{name}_lr_scheduler")
-            if sched is None:
-                continue
-            cycle, warm = sched.get("first_cycle_steps", 1), sched.get("warmup_steps", 0)
-            require(
-                isinstance(cycle, int) and cycle >= 1 and isinstance(warm, int) and 0 <= warm < cycle,
-                f"train.{name}_lr_scheduler: warmup_steps={warm} must be in [0, first_cycle_steps={cycle})",
-            )
-        if get("train.use_bc_loss", False):
-            require(get("train.bc_loss_coeff", 0) > 0, "train.use_bc_loss needs train.bc_loss_coeff > 0")
 
     @classmethod
     def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> PPO:

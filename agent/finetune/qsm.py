@@ -63,7 +63,7 @@ class QSM(ActorCriticAlgorithm):
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        check_baseline_config(cfg, ("actor", "critic"))
+        check_baseline_config(cfg)
         require(cfg_get(cfg, "model.critic") is not None, "QSM needs model.critic (a double-Q CriticObsAct)")
         require(
             cfg_get(cfg, "model.predict_epsilon", True),

@@ -102,19 +102,12 @@ class ReplayConfig:
             isinstance(size, int) and size >= n_envs,
             f"train.buffer_size={size!r} must be an integer >= env.n_envs={n_envs} (it counts transitions)",
         )
-        require(isinstance(bs, int) and bs >= 1, f"train.batch_size must be an integer >= 1, got {bs!r}")
-        require(isinstance(ratio, (int, float)) and ratio > 0, f"train.replay_ratio must be > 0, got {ratio!r}")
-        n = load_block(schema, cfg.train, "train").gradient_steps(int(n_envs))
+        n = load_block(schema, cfg.train, "train").gradient_steps(int(n_envs))  # also its range checks
         require(
             n >= 1,
             f"n_steps * n_envs / batch_size * replay_ratio = {get('train.n_steps')} * {n_envs} / {bs} * {ratio} "
             "< 1 gradient step per iteration; raise train.replay_ratio or lower train.batch_size",
         )
-        for key in ("train.critic_tau", "train.target_ema_rate"):
-            tau = get(key)
-            require(tau is None or 0.0 < tau <= 1.0, f"{key} must be in (0, 1], got {tau}")
-        scale = get("train.scale_reward_factor", 1.0)
-        require(isinstance(scale, (int, float)) and scale > 0, f"train.scale_reward_factor must be > 0, got {scale}")
 
 
 class ReplayAlgorithm(Algorithm):

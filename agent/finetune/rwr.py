@@ -91,7 +91,7 @@ class RWR(OnPolicyAlgorithm):
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
         # RWR trains on the full-horizon chunks the policy sampled, so horizon_steps may exceed act_steps.
-        check_baseline_config(cfg, ("",), needs_te_chunks=False)
+        check_baseline_config(cfg, needs_te_chunks=False)
         load_block(RWRTrain, cfg.train, "train")  # its range checks
 
     @classmethod

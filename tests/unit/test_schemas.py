@@ -162,6 +162,19 @@ def test_finetuning_schema_defaults_are_dppos_values():
         (AWRTrain, {"td_lambda": 1.5}, "train.td_lambda must be in [0, 1], got 1.5"),
         (RWRTrain, {"lr": 0}, "train.lr must be set to a value > 0, got 0.0"),
         (PPOTrain, {"actor_lr_scheduler": {"warmup_steps": -1}}, "train.actor_lr_scheduler.warmup_steps"),
+        (
+            PPOTrain,
+            {"critic_lr_scheduler": {"first_cycle_steps": 3, "warmup_steps": 3}},
+            "train.critic_lr_scheduler: warmup_steps=3 must be in [0, first_cycle_steps=3)",
+        ),  # fmt: skip
+        (PPOTrain, {"gamma": 1.5}, "train.gamma must be in (0, 1], got 1.5"),
+        (PPOTrain, {"gae_lambda": 2}, "train.gae_lambda must be in [0, 1], got 2.0"),
+        (PPOTrain, {"target_kl": 0}, "train.target_kl must be > 0 or null, got 0.0"),
+        (PPOTrain, {"use_bc_loss": True}, "train.use_bc_loss needs train.bc_loss_coeff > 0"),
+        (QSMTrain, {"critic_tau": 0}, "train.critic_tau must be in (0, 1], got 0.0"),
+        (DQLTrain, {"n_steps": 0}, "train.n_steps must be an integer >= 1, got 0"),
+        (AWRTrain, {"max_wall_min": True}, "train.max_wall_min must be a positive number or null, got True"),
+        (RWRTrain, {"lr_scheduler": {"first_cycle_steps": 2, "warmup_steps": 5}}, "train.lr_scheduler: warmup_steps=5"),
     ],
 )
 def test_finetuning_range_checks_are_one_line_naming_the_key(schema, node, message):
