@@ -14,6 +14,7 @@ from agent.config import resolve_config, validate_common
 from agent.errors import DataError
 from agent.integrity import verify_checksum
 from agent.logger import Logger, setup_logging
+from agent.schemas import Wandb, load_block
 from agent.utils import resolve_device, set_seed
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,10 @@ class BaseAgent(ABC):
         self.logdir.mkdir(parents=True, exist_ok=True)
         setup_logging(self.logdir)
         OmegaConf.save(cfg, self.logdir / "config.yaml")
-        wandb_cfg = OmegaConf.select(cfg, "wandb", default=None)
+        wandb_node = cfg.get("wandb")
         self.logger = Logger(
             self.logdir,
-            wandb_cfg=cast(dict, OmegaConf.to_container(wandb_cfg)) if wandb_cfg else None,
+            wandb_cfg=load_block(Wandb, wandb_node, "wandb") if wandb_node else None,
             config=cast(dict, OmegaConf.to_container(cfg)),
         )
         log.info("run folder: %s (device %s, seed %d)", self.logdir, self.device, self.seed)

@@ -17,6 +17,7 @@ from typing import Any, Literal, cast
 from tqdm import tqdm
 
 from agent.errors import UserError
+from agent.schemas import Wandb
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,11 @@ class Logger:
 
     Args:
         logdir: run folder.
-        wandb_cfg: the config's `wandb` block (`entity`, `project`, `run`, optional `mode`), or None to disable.
+        wandb_cfg: the config's typed `wandb` block (agent.schemas.Wandb), or None to disable.
         config: the resolved config, stored with the wandb run.
     """
 
-    def __init__(self, logdir: str | os.PathLike, wandb_cfg: Mapping | None = None, config: dict | None = None):
+    def __init__(self, logdir: str | os.PathLike, wandb_cfg: Wandb | None = None, config: dict | None = None):
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.path = self.logdir / "metrics.jsonl"
@@ -79,12 +80,12 @@ class Logger:
         if wandb_cfg is not None:
             import wandb  # lazy: wandb is slow to import
 
-            mode = wandb_cfg.get("mode") or os.environ.get("WANDB_MODE") or "online"
+            mode = wandb_cfg.mode or os.environ.get("WANDB_MODE") or "online"
             try:
                 self._wandb = wandb.init(
-                    entity=wandb_cfg.get("entity") or None,
-                    project=wandb_cfg.get("project") or "dppo",
-                    name=wandb_cfg.get("run") or None,
+                    entity=wandb_cfg.entity or None,
+                    project=wandb_cfg.project or "dppo",
+                    name=wandb_cfg.run or None,
                     mode=cast(WandbMode, mode),  # a user string: wandb.init rejects other values
                     dir=str(self.logdir),
                     config=config,

@@ -504,6 +504,24 @@ class RWRTrain(OnPolicyTrain):
         return _settings("train.lr", self.lr, self.weight_decay, self.lr_scheduler)
 
 
+@dataclass
+class Wandb:
+    """The `wandb` block (every run; `wandb=null` turns wandb off). The console and `<logdir>/metrics.jsonl` log
+    always.
+
+    Attributes:
+        entity: the wandb team or user (null: the account's default).
+        project: the wandb project (the YAML sets `<suite>-<env_name>`).
+        run: the run's name (the YAML sets the start time and the experiment name).
+        mode: `online`, `offline` or `disabled` (the YAML reads WANDB_MODE, else online; wandb checks it).
+    """
+
+    entity: str | None = None
+    project: str = "dppo"
+    run: str | None = None
+    mode: str | None = "online"
+
+
 SCHEMAS: dict[str, type] = {
     "pretrain_train": PretrainTrain,
     "ema": Ema,
@@ -515,6 +533,7 @@ SCHEMAS: dict[str, type] = {
     "idql_train": IDQLTrain,
     "awr_train": AWRTrain,
     "rwr_train": RWRTrain,
+    "wandb": Wandb,
 }
 """ConfigStore names (group `schema`) of the schemas, as the YAML defaults lists name them."""
 
@@ -578,6 +597,7 @@ __all__ = [
     "RWRTrain",
     "ReplayTrain",
     "SCHEMAS",
+    "Wandb",
     "load_block",
     "register_schemas",
 ]

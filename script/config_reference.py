@@ -37,6 +37,7 @@ DOCUMENTED = [
     schemas.IDQLTrain,
     schemas.AWRTrain,
     schemas.RWRTrain,
+    schemas.Wandb,
 ]
 
 

@@ -181,3 +181,17 @@ def test_finetuning_range_checks_are_one_line_naming_the_key(schema, node, messa
     with pytest.raises(ConfigError) as info:
         load_block(schema, node, "train")
     assert str(info.value).startswith(message)
+
+
+def test_the_wandb_block_is_typed_and_null_turns_it_off(tmp_path):
+    from agent.logger import Logger
+    from agent.schemas import Wandb
+
+    folder = CFG_ROOT / "gym/finetune/hopper-v2"
+    cfg = compose(folder, "ft_ppo_diffusion_mlp", ["wandb.mode=disabled"])
+    assert OmegaConf.get_type(cfg.wandb) is Wandb and cfg.wandb.project == "gym-hopper-medium-v2"
+    assert compose(folder, "ft_ppo_diffusion_mlp", ["wandb=null"]).wandb is None
+    logger = Logger(tmp_path, wandb_cfg=load_block(Wandb, cfg.wandb, "wandb"))
+    logger.log({"train/x": 1.0}, step=1)
+    logger.close()
+    assert (tmp_path / "metrics.jsonl").read_text().count("train/x") == 1
