@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple, cast
 
 import torch
@@ -49,7 +49,7 @@ from agent.config import instantiate, require
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.onpolicy import OnPolicyAgent, OnPolicyAlgorithm
 from agent.optim import make_optimizer
-from agent.schemas import PPOTrain, load_block
+from agent.schemas import LrScheduler, PPOTrain, load_block
 from model.base import Policy
 
 log = logging.getLogger(__name__)
@@ -116,28 +116,29 @@ class Minibatch(NamedTuple):
 class PPOConfig:
     """PPO hyper-parameters, under DPPO's config names (train.* unless noted model.*)."""
 
-    batch_size: int = 50000
-    update_epochs: int = 5
-    logprob_batch_size: int = 10000
-    vf_coef: float = 0.5
-    ent_coef: float = 0.0
-    target_kl: float | None = 1.0
-    max_grad_norm: float | None = None
-    n_critic_warmup_itr: int = 0
-    use_bc_loss: bool = False
-    bc_loss_coeff: float = 0.0
-    actor_lr: float = 1e-4
-    actor_weight_decay: float = 0.0
+    # train.*: the defaults are PPOTrain's (agent/schemas.py); a schedule left None is a constant learning rate
+    batch_size: int = PPOTrain.batch_size
+    update_epochs: int = PPOTrain.update_epochs
+    logprob_batch_size: int = PPOTrain.logprob_batch_size
+    vf_coef: float = PPOTrain.vf_coef
+    ent_coef: float = PPOTrain.ent_coef
+    target_kl: float | None = PPOTrain.target_kl
+    max_grad_norm: float | None = PPOTrain.max_grad_norm
+    n_critic_warmup_itr: int = PPOTrain.n_critic_warmup_itr
+    use_bc_loss: bool = PPOTrain.use_bc_loss
+    bc_loss_coeff: float = PPOTrain.bc_loss_coeff
+    actor_lr: float = PPOTrain.actor_lr
+    actor_weight_decay: float = PPOTrain.actor_weight_decay
     actor_lr_scheduler: dict[str, Any] | None = None
-    critic_lr: float = 1e-3
-    critic_weight_decay: float = 0.0
+    critic_lr: float = PPOTrain.critic_lr
+    critic_weight_decay: float = PPOTrain.critic_weight_decay
     critic_lr_scheduler: dict[str, Any] | None = None
-    eta_lr: float = 1e-4
-    eta_weight_decay: float = 0.0
+    eta_lr: float = PPOTrain.eta_lr
+    eta_weight_decay: float = PPOTrain.eta_weight_decay
     eta_lr_scheduler: dict[str, Any] | None = None
-    eta_update_interval: int = 1
-    grad_accumulate: int = 1
-    update_chunk_rows: int | None = None
+    eta_update_interval: int = PPOTrain.eta_update_interval
+    grad_accumulate: int = PPOTrain.grad_accumulate
+    update_chunk_rows: int | None = PPOTrain.update_chunk_rows
     # model.*
     gamma_denoising: float = 0.99
     clip_ploss_coef: float = 0.01
@@ -156,6 +157,7 @@ class PPOConfig:
         "actor_lr_scheduler", "critic_lr", "critic_weight_decay", "critic_lr_scheduler", "eta_lr",
         "eta_weight_decay", "eta_lr_scheduler", "eta_update_interval", "grad_accumulate", "update_chunk_rows",
     )  # fmt: skip
+    """The keys taken from the typed `train` block (PPOTrain)."""
     MODEL_KEYS = (
         "gamma_denoising", "clip_ploss_coef", "clip_ploss_coef_base", "clip_ploss_coef_rate", "clip_vloss_coef",
         "clip_advantage_lower_quantile", "clip_advantage_upper_quantile", "norm_adv",
@@ -163,15 +165,18 @@ class PPOConfig:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> PPOConfig:
-        """Read the PPO keys from `train.*` and `model.*` (an explicit null, e.g. `target_kl: null`, turns a feature
-        off) and `reward_horizon` (default: act_steps)."""
+        """The PPO keys of the typed `train` block and of `model.*` (an explicit null, e.g. `target_kl: null`, turns a
+        feature off), and `reward_horizon` (default: act_steps)."""
+        train = load_block(PPOTrain, cfg.train, "train")
         kwargs: dict[str, Any] = {}
-        for section, keys in (("train", cls.TRAIN_KEYS), ("model", cls.MODEL_KEYS)):
-            node = cfg.get(section)
-            for key in keys if node is not None else ():
-                if key in node:
-                    value = node[key]
-                    kwargs[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key in cls.TRAIN_KEYS:
+            value = getattr(train, key)
+            kwargs[key] = asdict(value) if isinstance(value, LrScheduler) else value
+        node = cfg.get("model")
+        for key in cls.MODEL_KEYS if node is not None else ():
+            if key in node:
+                value = node[key]
+                kwargs[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         kwargs["reward_horizon"] = int(OmegaConf.select(cfg, "reward_horizon", default=None) or cfg.act_steps)
         return cls(**kwargs)
 
