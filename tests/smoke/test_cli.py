@@ -135,3 +135,17 @@ def test_signal_stops_with_one_line_naming_the_checkpoint_to_resume(tmp_path, si
     assert f"{newest} is truncated or damaged; resuming from the previous complete checkpoint {previous}" in (
         out.stdout + out.stderr
     )
+
+
+def test_cfg_job_prints_the_composed_config_with_the_schema_defaults(tmp_path: Path):
+    """`--cfg job` prints the composed config without running: the typed train block shows every key, the schema's
+    defaults included, and nothing is written."""
+    import yaml
+
+    args = ["--config-name=ft_dql_diffusion_mlp", "--config-dir=cfg/gym/finetune/hopper-v2", "train.eta=0.5"]
+    args += ["--cfg", "job"]
+    out = run_cli(args, tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    train = yaml.safe_load(out.stdout)["train"]
+    assert train["eta"] == 0.5 and train["target_ema_rate"] == 0.005 and train["save_replay_buffer"] is False
+    assert not (tmp_path / "log").exists()
