@@ -8,13 +8,15 @@ defaults list of the YAML piece that fills the block, e.g. `cfg/common/pretrain.
       - /schema/ema@ema
       - _self_
 
-so that composition already rejects an unknown key or a value of the wrong type, and `--cfg job` shows the
-defaults. The agents read a block as an instance (`load_block`), whose `__post_init__` runs the range checks
-with the same one-line `ConfigError`s as everywhere else; they then use attributes, not string lookups.
+so that composition already rejects a value of the wrong type (and a misspelt key, see agent.config.check_overrides),
+and `--cfg job` shows the defaults. A schema must come before any piece that sets keys of its block: OmegaConf
+merging a schema onto a plain block resets the block to the schema's defaults. The agents read a block as an
+instance (`load_block`), whose `__post_init__` runs the range checks with the same one-line `ConfigError`s as
+everywhere else; they then use attributes, not string lookups.
 
-Blocks typed so far: pretraining's `train` (`PretrainTrain`, with `LrScheduler`) and `ema` (`Ema`), and the
-fine-tuning `train` block of each algorithm (`PPOTrain`, `DQLTrain`, ..., on `FinetuneTrain`, the loop's keys).
-The `model`, `env` and top-level keys are still plain config (see docs/architecture.md).
+Blocks typed so far: pretraining's `train` (`PretrainTrain`, with `LrScheduler`) and `ema` (`Ema`), the
+fine-tuning `train` block of each algorithm (`PPOTrain`, `DQLTrain`, ..., on `FinetuneTrain`, the loop's keys),
+and `wandb` (`Wandb`). The `model`, `env` and top-level keys are still plain config (see docs/architecture.md).
 """
 
 from __future__ import annotations
