@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -370,8 +370,7 @@ class Pipeline:
                         failed[key] = f"exit {proc.returncode}; log: {self.log_path(stage)}"
                         bar.write(f"FAILED {key}: {failed[key]}\n{tail(self.log_path(stage))}")
                     bar.update(1)
-                blocked = [k for k, s in todo.items() if any(d in failed for d in s.deps)]
-                for key in blocked:
+                for key in blocked_by(todo, failed):
                     failed[key] = "a stage it needs failed"
                     del todo[key]
                     bar.update(1)
@@ -437,6 +436,19 @@ class Pipeline:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(summary, indent=1))
         tmp.replace(path)
+
+
+def blocked_by(todo: dict[str, Stage], failed: Mapping[str, str]) -> list[str]:
+    """The stages of `todo` that need a failed stage, directly or through other stages of `todo` (in todo order)."""
+    blocked: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for key, stage in todo.items():
+            if key not in blocked and any(d in failed or d in blocked for d in stage.deps):
+                blocked.add(key)
+                grew = True
+    return [k for k in todo if k in blocked]
 
 
 def reference_method(methods: list[Method]) -> Method:

@@ -49,6 +49,15 @@ def test_stage_graph_of_a_task(tmp_path: Path):
     assert len(pipe.needed()) == len(pipe.stages)
 
 
+def test_a_failed_stage_blocks_every_stage_that_needs_it_directly_or_not(tmp_path: Path):
+    pipe = results.Pipeline(args(tmp_path, seeds=1))
+    todo = {k: s for k, s in pipe.stages.items() if k != "avoid_m2/ft_dppo_s0"}
+    blocked = results.blocked_by(todo, {"avoid_m2/ft_dppo_s0": "exit 1"})
+    # Gaussian PPO waits for DPPO's env steps, and its evaluation waits for it: both are blocked in one pass
+    assert set(blocked) == {"avoid_m2/eval_dppo_s0", "avoid_m2/ft_gaussian_ppo_s0", "avoid_m2/eval_gaussian_ppo_s0"}
+    assert results.blocked_by(todo, {}) == []
+
+
 def test_finished_stages_are_skipped_and_redone_only_when_a_pending_stage_needs_their_output(tmp_path: Path):
     pipe = results.Pipeline(args(tmp_path, seeds=1))
     for key in pipe.stages:
