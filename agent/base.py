@@ -14,7 +14,7 @@ from agent.config import resolve_config, validate_common
 from agent.errors import DataError
 from agent.integrity import verify_checksum
 from agent.logger import Logger, setup_logging
-from agent.schemas import Wandb, load_block
+from agent.schemas import RunKeys, Wandb, load_block
 from agent.utils import resolve_device, set_seed
 
 log = logging.getLogger(__name__)
@@ -24,17 +24,17 @@ class BaseAgent(ABC):
     """Shared set-up. Subclasses implement `run()`.
 
     Args:
-        cfg: the composed experiment config (resolved here; `logdir`, `seed`, `device`, `wandb` are read).
+        cfg: the composed experiment config (resolved here; `logdir`, the top-level keys as `run_cfg`, `wandb`).
     """
 
     def __init__(self, cfg: DictConfig) -> None:
         resolve_config(cfg)
-        validate_common(cfg)
+        self.run_cfg = validate_common(cfg)  # the typed top-level keys (agent.schemas.RunKeys)
         self.validate(cfg)
         self.cfg = cfg
-        self.seed = int(cfg.seed)
+        self.seed = self.run_cfg.seed
         set_seed(self.seed)
-        self.device = resolve_device(OmegaConf.select(cfg, "device", default="auto"))
+        self.device = resolve_device(self.run_cfg.device)
         self.logdir = fresh_run_dir(Path(cfg.logdir))
         cfg.logdir = str(self.logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
@@ -70,18 +70,18 @@ def fresh_run_dir(logdir: Path) -> Path:
     return candidate
 
 
-def check_normalization(stats: dict[str, np.ndarray] | None, cfg: DictConfig, source: str) -> None:
+def check_normalization(stats: dict[str, np.ndarray] | None, run: RunKeys, source: str) -> None:
     """Raise one `DataError` line when normalization statistics do not fit the config's `obs_dim` / `action_dim`.
 
     Args:
         stats: obs_min, obs_max (Do,) and action_min, action_max (Da,) arrays, or None (nothing to check).
-        cfg: the experiment config; a missing `obs_dim` or `action_dim` is not checked.
+        run: the top-level keys; a missing `obs_dim` or `action_dim` is not checked.
         source: where the statistics come from (a file, "the checkpoint <path>"), named in the error.
     """
     if not stats:
         return
     for prefix, key in (("obs", "obs_dim"), ("action", "action_dim")):
-        want = OmegaConf.select(cfg, key, default=None)
+        want = getattr(run, key)
         for name in (f"{prefix}_min", f"{prefix}_max"):
             if name not in stats:
                 continue
@@ -93,9 +93,9 @@ def check_normalization(stats: dict[str, np.ndarray] | None, cfg: DictConfig, so
                 )
 
 
-def load_normalization(path: str | None, cfg: DictConfig | None = None) -> dict[str, np.ndarray] | None:
+def load_normalization(path: str | None, run: RunKeys | None = None) -> dict[str, np.ndarray] | None:
     """Read `normalization.npz` (obs_min, obs_max, action_min, action_max), or None when no path is set; with
-    `cfg`, check its shapes against `obs_dim` and `action_dim` (`check_normalization`)."""
+    `run`, check its shapes against `obs_dim` and `action_dim` (`check_normalization`)."""
     if not path:
         return None
     p = Path(path)
@@ -111,6 +111,13 @@ def load_normalization(path: str | None, cfg: DictConfig | None = None) -> dict[
     missing = {"obs_min", "obs_max", "action_min", "action_max"} - set(stats)
     if missing:
         raise DataError(f"{p} lacks {sorted(missing)}; expected obs_min, obs_max, action_min, action_max")
-    if cfg is not None:
-        check_normalization(stats, cfg, str(p))
+    if run is not None:
+        check_normalization(stats, run, str(p))
     return stats
+
+
+def run_normalization(run: RunKeys, stored: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """What a run checkpoints as its normalization: the dataset's `normalization_path` when that file exists
+    (checked against the dims), else the statistics `stored` in the checkpoint it started from."""
+    path = run.normalization_path
+    return load_normalization(path, run) if path and Path(path).is_file() else stored

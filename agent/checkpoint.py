@@ -215,11 +215,6 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return path
 
 
-def allows_pickle(cfg: Any) -> bool:
-    """The config's `allow_pickle` key (False when absent): may checkpoints be loaded with full unpickling?"""
-    return bool(OmegaConf.select(cfg, "allow_pickle", default=False))
-
-
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", allow_pickle: bool = False
 ) -> dict[str, Any]:

@@ -108,6 +108,33 @@ def preflight(argv: list[str]) -> None:
     check_overrides(config_dir, config_name, overrides)
 
 
+def promote_appends(argv: list[str]) -> list[str]:
+    """`argv` with each `+key=value` whose key the config already has turned into `++key=value`.
+
+    A key a schema declares (agent/schemas.py, e.g. `env.step_timeout`) is in every composed config, with its
+    default, so Hydra would refuse to add it with `+` ("an item is already at ..."); commands written before the key
+    was typed, or for DPPO's files that lack it, keep working. Other arguments are returned unchanged."""
+    appends = [a for a in argv if a.startswith("+") and not a.startswith("++") and "=" in a]
+    if not appends:
+        return argv
+    opts = dict(a.partition("=")[::2] for a in argv if a.startswith("-") and "=" in a)
+    config_dir = opts.get("--config-dir") or opts.get("-cd")
+    config_name = opts.get("--config-name") or opts.get("-cn")
+    if not config_dir or not config_name:
+        return argv
+    from omegaconf import OmegaConf
+
+    from agent.config import compose
+
+    try:
+        base = compose(config_dir, config_name, [])
+    except Exception:  # preflight reports what is wrong with the config itself
+        return argv
+    missing = object()
+    present = {a for a in appends if OmegaConf.select(base, a[1:].partition("=")[0], default=missing) is not missing}
+    return [f"+{a}" if a in present else a for a in argv]
+
+
 def resolve_config_dir(argv: list[str], cwd: Path | None = None) -> list[str]:
     """`argv` with a `--config-dir`/`-cd` of the form `cfg/<suite>/...` pointed at the installed configs when the
     working directory has no such folder (a wheel install run from anywhere); other arguments unchanged."""
@@ -135,7 +162,7 @@ def cli() -> None:
     stop_on_sigterm()
     register_resolvers()
     register_search_path()
-    sys.argv[1:] = resolve_config_dir(sys.argv[1:])
+    sys.argv[1:] = promote_appends(resolve_config_dir(sys.argv[1:]))
     try:
         preflight(sys.argv[1:])
     except UserError as exc:

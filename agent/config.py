@@ -17,12 +17,15 @@ import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agent.schemas import RunKeys
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The configs: `cfg/` of a checkout (an editable install included), or the copy a wheel installs as `agent/cfg`.
@@ -280,41 +283,24 @@ def require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def cfg_get(cfg: DictConfig, key: str, default: Any = None) -> Any:
-    """`OmegaConf.select` with a default, converting containers to plain Python."""
-    value = OmegaConf.select(cfg, key, default=default)
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+def validate_common(cfg: DictConfig) -> RunKeys:
+    """The typed top-level keys (agent.schemas.RunKeys, whose own checks run on building it), and the checks shared
+    by every agent across blocks: the fine-tuned steps against the DDIM steps, the loop's counts, model widths."""
+    from agent.schemas import RunKeys, load_block
 
-
-def validate_common(cfg: DictConfig) -> None:
-    """Checks shared by every agent: the sizes and step counts at the top level of DPPO's configs."""
+    run: RunKeys = load_block(RunKeys, cfg, "", open_block=True)
     get = lambda key: OmegaConf.select(cfg, key, default=None)  # noqa: E731
-    for key in ("obs_dim", "action_dim", "horizon_steps", "cond_steps", "denoising_steps"):
-        v = get(key)
-        require(v is None or (isinstance(v, int) and v >= 1), f"{key} must be an integer >= 1, got {v!r}")
-    horizon, act = get("horizon_steps"), get("act_steps")
-    if act is not None:
-        require(isinstance(act, int) and act >= 1, f"act_steps must be an integer >= 1, got {act!r}")
-        if horizon is not None:
-            require(
-                act <= horizon,
-                f"act_steps={act} is larger than horizon_steps={horizon}; set act_steps <= horizon_steps",
-            )
-    cond, img_cond = get("cond_steps"), get("img_cond_steps")
-    if img_cond is not None and cond is not None:
-        require(1 <= img_cond <= cond, f"img_cond_steps={img_cond} must be in [1, cond_steps={cond}]")
-    k, k_ft = get("denoising_steps"), get("ft_denoising_steps")
+    k_ft = run.ft_denoising_steps
     if k_ft is not None:
-        require(isinstance(k_ft, int) and k_ft >= 0, f"ft_denoising_steps must be an integer >= 0, got {k_ft!r}")
         use_ddim = bool(get("model.use_ddim"))
-        limit, limit_key = (get("model.ddim_steps"), "model.ddim_steps") if use_ddim else (k, "denoising_steps")
+        limit, limit_key = (
+            (get("model.ddim_steps"), "model.ddim_steps") if use_ddim else (run.denoising_steps, "denoising_steps")
+        )
         if limit is not None:
             require(
                 k_ft <= limit,
                 f"ft_denoising_steps={k_ft} is larger than {limit_key}={limit}; set ft_denoising_steps <= {limit}",
             )
-    seed = get("seed")
-    require(isinstance(seed, int) and seed >= 0, f"seed must be a non-negative integer, got {seed!r}")
     # the settings before what is derived from them (train.batch_size is n_steps * n_envs / k in some configs)
     for key in ("train.n_epochs", "train.n_train_itr", "train.n_steps", "env.n_envs", "train.batch_size"):
         v = get(key)
@@ -328,6 +314,7 @@ def validate_common(cfg: DictConfig) -> None:
     model = get("model")
     if isinstance(model, DictConfig):
         _check_dims(model, "model")
+    return run
 
 
 def _check_dims(node: DictConfig, where: str) -> None:

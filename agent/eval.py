@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from agent.base import BaseAgent, check_normalization, load_normalization
-from agent.checkpoint import allows_pickle, load_checkpoint
+from agent.base import BaseAgent, check_normalization, run_normalization
+from agent.checkpoint import load_checkpoint
 from agent.config import require
 from agent.errors import ConfigError
 from agent.finetune.loading import build_policy, find_checkpoint, load_policy_weights, pretrain_command
-from agent.rollout import env_reports_success, make_env, run_episodes
+from agent.rollout import env_reports_success, load_env_block, make_env, run_episodes
 from model.base import Policy
 
 log = logging.getLogger(__name__)
@@ -45,6 +44,7 @@ def checkpoint_actor(ckpt: dict, policy: Policy, device: torch.device) -> Any:
     state around `policy`, seen through `ActingPolicy` (so `sample` routes through `act`)."""
     from hydra.utils import get_class
 
+    from agent.finetune.base import Experiment
     from agent.finetune.replay import ActingPolicy, ReplayAlgorithm
 
     target = (ckpt.get("config") or {}).get("_target_")
@@ -58,7 +58,8 @@ def checkpoint_actor(ckpt: dict, policy: Policy, device: torch.device) -> Any:
         return policy
     if not algorithm_class.selects_actions:
         return policy
-    algorithm = algorithm_class.from_config(OmegaConf.create(ckpt["config"]), policy, device)
+    saved = OmegaConf.create(ckpt["config"])
+    algorithm = algorithm_class.from_config(Experiment.from_config(saved, algorithm_class), policy, device)
     algorithm.load_state_dict(ckpt["algorithm"])
     for module in algorithm.modules.values():
         module.eval()
@@ -70,60 +71,56 @@ class EvalAgent(BaseAgent):
     """Evaluate `base_policy_path` on `cfg.env` with deterministic sampling."""
 
     def validate(self, cfg: DictConfig) -> None:
-        get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
-        require(get("env") is not None and get("env.name"), "evaluation needs an `env` block with env.name")
-        require(get("act_steps") is not None, "act_steps (env steps executed per action chunk) must be set")
-        n_steps, n_episodes = get("n_steps"), get("n_episodes")
+        run = self.run_cfg
+        self.env_cfg = load_env_block(cfg)
+        require(run.act_steps is not None, "act_steps (env steps executed per action chunk) must be set")
         require(
-            n_episodes is not None or (isinstance(n_steps, int) and n_steps >= 1),
-            f"set n_episodes, or n_steps to an integer >= 1 (got n_steps={n_steps!r})",
+            run.n_episodes is not None or run.n_steps is not None,
+            "set n_episodes, or n_steps to an integer >= 1 (got n_steps=None)",
         )
-        require(
-            n_episodes is None or (isinstance(n_episodes, int) and n_episodes >= 1),
-            f"n_episodes must be an integer >= 1 or null, got {n_episodes!r}",
-        )
-        base = get("base_policy_path")
+        base = run.base_policy_path
         if not base:
             raise ConfigError("base_policy_path must name the checkpoint to evaluate")
+        self.base_path = base
         if find_checkpoint(base) is None:
             raise ConfigError(
                 f"base_policy_path={base} has no checkpoint; pass base_policy_path=<state_<N>.pt or run folder> "
-                f"(a fine-tuning run's, or a pretraining one's from `{pretrain_command(cfg)}`)"
+                f"(a fine-tuning run's, or a pretraining one's from `{pretrain_command(run)}`)"
             )
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        c = self.cfg
-        self.checkpoint_path = find_checkpoint(c.base_policy_path)
+        c, run = self.cfg, self.run_cfg
+        self.checkpoint_path = find_checkpoint(self.base_path)
         assert self.checkpoint_path is not None  # validate() checked it
-        ckpt = load_checkpoint(self.checkpoint_path, allow_pickle=allows_pickle(c))
+        ckpt = load_checkpoint(self.checkpoint_path, allow_pickle=run.allow_pickle)
         norm = ckpt.get("normalization")
         ckpt_norm = {k: np.asarray(v) for k, v in norm.items()} if norm else None
-        check_normalization(ckpt_norm, c, f"the normalization stored in {self.checkpoint_path}")
+        check_normalization(ckpt_norm, run, f"the normalization stored in {self.checkpoint_path}")
         self.policy = build_policy(c)
         self.checkpoint_kind = load_policy_weights(self.policy, ckpt, c, self.checkpoint_path, for_eval=True)
         self.policy.to(self.device).eval()
         self.actor = checkpoint_actor(ckpt, self.policy, self.device)
         log.info("evaluating the %s checkpoint %s", self.checkpoint_kind, self.checkpoint_path)
-        norm_path = OmegaConf.select(c, "normalization_path", default=None)
-        self.normalization = load_normalization(norm_path, c) if norm_path and Path(norm_path).is_file() else ckpt_norm
-        self.env = make_env(c, self.logdir, ckpt_norm, self.seed)
+        self.normalization = run_normalization(run, ckpt_norm)
+        self.env = make_env(self.env_cfg, self.logdir, ckpt_norm, self.seed, run.robomimic_env_cfg_path)
 
     def run(self) -> dict[str, Any]:
         """Roll out, write `<logdir>/eval_result.json`, log `eval/*`; returns the result."""
-        c = self.cfg
+        run, env_cfg = self.run_cfg, self.env_cfg
+        assert run.act_steps is not None  # validate() checked it
         try:
             episodes = run_episodes(
                 self.env,
                 self.actor,
-                act_steps=int(c.act_steps),
+                act_steps=run.act_steps,
                 device=self.device,
-                n_steps=OmegaConf.select(c, "n_steps", default=None),
-                n_episodes=OmegaConf.select(c, "n_episodes", default=None),
-                max_episode_steps=OmegaConf.select(c, "env.max_episode_steps", default=None),
-                success_threshold=OmegaConf.select(c, "env.best_reward_threshold_for_success", default=None),
-                reports_success=env_reports_success(c),
-                reset_options={"video_prefix": "eval"} if OmegaConf.select(c, "env.save_video") else None,
+                n_steps=run.n_steps,
+                n_episodes=run.n_episodes,
+                max_episode_steps=env_cfg.max_episode_steps,
+                success_threshold=env_cfg.best_reward_threshold_for_success,
+                reports_success=env_reports_success(env_cfg.name),
+                reset_options={"video_prefix": "eval"} if env_cfg.save_video else None,
                 progress=True,
             )
         finally:

@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from agent.base import BaseAgent, load_normalization
 from agent.checkpoint import (
-    allows_pickle,
     checkpoint_path,
     find_resume_checkpoint,
     load_checkpoint,
@@ -89,7 +88,7 @@ class PretrainAgent(BaseAgent):
         self.scheduler = CosineWarmupRestarts(
             self.optimizer, sched.first_cycle_steps, sched.warmup_steps, sched.min_lr, max_lr=t.learning_rate
         )
-        self.normalization = load_normalization(OmegaConf.select(cfg, "normalization_path", default=None), cfg)
+        self.normalization = load_normalization(self.run_cfg.normalization_path, self.run_cfg)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.epoch = 0
         self.resumed_from: str | None = None  # the checkpoint `load` read
@@ -112,7 +111,7 @@ class PretrainAgent(BaseAgent):
                 t.batch_size,
                 len(self.dataset),
             )
-        resume = find_resume_checkpoint(OmegaConf.select(cfg, "resume", default=None), self.logdir)
+        resume = find_resume_checkpoint(self.run_cfg.resume, self.logdir)
         if resume is not None:
             self.load(resume)
 
@@ -136,7 +135,7 @@ class PretrainAgent(BaseAgent):
         log.info("saved %s", path)
 
     def load(self, path) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device, allow_pickle=allows_pickle(self.cfg))
+        ckpt = load_checkpoint(path, map_location=self.device, allow_pickle=self.run_cfg.allow_pickle)
         if ckpt.get("kind") != "pretrain":
             raise DataError(
                 f"resume={path} is a {ckpt.get('kind', 'foreign')} checkpoint, not a pretraining one; resume it with "

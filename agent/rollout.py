@@ -1,7 +1,7 @@
 """Rollout helpers shared by fine-tuning, evaluation and the scripts: observation/action conversion, stepping envs in
 groups, episode bookkeeping, evaluation episodes, and building the vector env of a config.
 
-    env = make_env(cfg, logdir, normalization, seed)                  # the config's vector env
+    env = make_env(load_env_block(cfg), logdir, normalization, seed)  # the config's vector env
     result = run_episodes(env, policy, act_steps=Te, device=..., n_episodes=50, ...)   # evaluation episodes
 """
 
@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Generator, Mapping
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from agent.errors import ConfigError, DataError
+from env.factory import EnvConfig
 from env.pipeline import PipelinedVectorEnv, merge_step_results
 from env.registry import resolve_env_name
 from model.base import Policy
@@ -191,9 +193,9 @@ class EpisodeStats:
         return result
 
 
-def env_reports_success(cfg: DictConfig) -> bool:
-    """Whether the suite of `cfg.env.name` has a notion of success (`Suite.reports_success`; gym locomotion not)."""
-    return resolve_env_name(str(cfg.env.name))[1].reports_success
+def env_reports_success(env_name: str) -> bool:
+    """Whether the suite of env `env_name` has a notion of success (`Suite.reports_success`; gym locomotion not)."""
+    return resolve_env_name(env_name)[1].reports_success
 
 
 @torch.no_grad()
@@ -285,17 +287,33 @@ def run_episodes(
 # environment
 
 
-def env_config(cfg: DictConfig, logdir: Path, normalization: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
-    """The `env` block as a plain dict, ready for `make_vec_env`.
+def load_env_block(cfg: DictConfig) -> EnvConfig:
+    """The config's `env` block as a checked `EnvConfig` (env/factory.py); a missing block, an unknown key or a bad
+    value is one `ConfigError` line."""
+    from env.factory import EnvConfig
+    from env.registry import EnvConfigError
+
+    node = cfg.get("env")
+    if not isinstance(node, DictConfig | Mapping) or not node.get("name"):
+        raise ConfigError("this run needs an `env` block with env.name")
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    try:
+        return EnvConfig.from_config(plain)  # type: ignore[arg-type]
+    except (EnvConfigError, TypeError) as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from exc
+
+
+def env_config(env_cfg: EnvConfig, logdir: Path, normalization: Mapping[str, np.ndarray] | None) -> EnvConfig:
+    """`env_cfg` made ready for `make_vec_env` (a copy; `env_cfg` is left as it is).
 
     * A task wrapper's `normalization_path` that does not exist falls back to the statistics carried by the
       checkpoint (handed to the wrapper as arrays, its `normalization` argument); if both exist and differ, a
       warning is logged.
     * With `save_video` and no `video_dir`, videos go to `<logdir>/videos`.
     """
-    env_cfg: dict[str, Any] = OmegaConf.to_container(cfg.env, resolve=True)  # type: ignore[assignment]
-    for name, kwargs in (env_cfg.get("wrappers") or {}).items():
-        path = (kwargs or {}).get("normalization_path")
+    wrappers = {name: dict(kwargs) for name, kwargs in env_cfg.wrappers.items()}
+    for name, kwargs in wrappers.items():
+        path = kwargs.get("normalization_path")
         if not path:
             continue
         if not Path(path).is_file():
@@ -312,19 +330,25 @@ def env_config(cfg: DictConfig, logdir: Path, normalization: Mapping[str, np.nda
                 same = all(k in f.files and np.allclose(f[k], v) for k, v in normalization.items())
             if not same:
                 log.warning("%s differs from the normalization the checkpoint was trained with", path)
-    if env_cfg.get("save_video") and not env_cfg.get("video_dir"):
-        env_cfg["video_dir"] = str(logdir / "videos")
-    return env_cfg
+    video_dir = str(logdir / "videos") if env_cfg.save_video and not env_cfg.video_dir else env_cfg.video_dir
+    return replace(env_cfg, wrappers=wrappers, video_dir=video_dir)
 
 
-def make_env(cfg: DictConfig, logdir: Path, normalization: Mapping[str, np.ndarray] | None, seed: int) -> Any:
-    """Build the vector env of `cfg.env` (env.factory.make_vec_env), turning env config errors into ConfigError."""
+def make_env(
+    env_cfg: EnvConfig,
+    logdir: Path,
+    normalization: Mapping[str, np.ndarray] | None,
+    seed: int,
+    env_meta_path: str | None = None,
+) -> Any:
+    """Build the vector env of `env_cfg` (env.factory.make_vec_env), turning env config errors into ConfigError.
+
+    `env_meta_path`: robomimic's env_meta JSON (DPPO's top-level `robomimic_env_cfg_path`), or None.
+    """
     from env.factory import make_vec_env
     from env.registry import EnvConfigError, MissingDependencyError
 
-    env_cfg = env_config(cfg, logdir, normalization)
-    meta = OmegaConf.select(cfg, "robomimic_env_cfg_path", default=None)
     try:
-        return make_vec_env(env_cfg, seed=seed, env_meta_path=meta)
+        return make_vec_env(env_config(env_cfg, logdir, normalization), seed=seed, env_meta_path=env_meta_path)
     except (EnvConfigError, MissingDependencyError, FileNotFoundError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from exc

@@ -14,9 +14,12 @@ merging a schema onto a plain block resets the block to the schema's defaults. T
 instance (`load_block`), whose `__post_init__` runs the range checks with the same one-line `ConfigError`s as
 everywhere else; they then use attributes, not string lookups.
 
-Blocks typed so far: pretraining's `train` (`PretrainTrain`, with `LrScheduler`) and `ema` (`Ema`), the
-fine-tuning `train` block of each algorithm (`PPOTrain`, `DQLTrain`, ..., on `FinetuneTrain`, the loop's keys),
-and `wandb` (`Wandb`). The `model`, `env` and top-level keys are still plain config (see docs/architecture.md).
+Blocks typed: pretraining's `train` (`PretrainTrain`, with `LrScheduler`) and `ema` (`Ema`), the fine-tuning
+`train` block of each algorithm (`PPOTrain`, `DQLTrain`, ..., on `FinetuneTrain`, the loop's keys), `wandb`
+(`Wandb`) and `env` (`env.factory.EnvConfig`, registered here). Two schemas are built from a node that also holds
+other keys, so they are not merged onto it: the top-level keys (`RunKeys`) and PPO's keys of the `model` block
+(`PPOModel`); the rest of `model` is `_target_` entries, checked against their constructors by
+`agent.config.instantiate` (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from agent.config import require
 from agent.errors import ConfigError
 from agent.nonfinite import check_nan_policy
 from agent.optim import OptimSettings
+from env.factory import EnvConfig
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -524,6 +528,112 @@ class Wandb:
     mode: str | None = "online"
 
 
+@dataclass
+class RunKeys:
+    """The top-level keys the agents read, built once per run (`BaseAgent.run_cfg`).
+
+    The root of a config stays an open mapping: DPPO's files also put task facts, policy and dataset keys there,
+    which their own blocks interpolate (`${horizon_steps}`), so this schema is not merged onto the root; it is built
+    from it with the other keys left aside.
+
+    Attributes:
+        seed: the run's seed, >= 0.
+        device: auto (cuda:0 when available, else cpu), cpu, cuda or cuda:N.
+        resume: false; true (the newest earlier run of this experiment); or a run folder / checkpoint path.
+        allow_pickle: load checkpoints that need full unpickling (only files you trust).
+        base_policy_path: the checkpoint fine-tuning or evaluation starts from.
+        normalization_path: the dataset's normalization.npz.
+        robomimic_env_cfg_path: robomimic's env_meta JSON (null: the one shipped under cfg/robomimic/env_meta).
+        obs_dim: the observation size Do.
+        action_dim: the action size Da.
+        horizon_steps: Ta, the actions per chunk the policy predicts.
+        act_steps: Te <= Ta, the actions of each chunk the env executes.
+        cond_steps: To, the observations the policy is conditioned on.
+        img_cond_steps: the images among them, in [1, To].
+        denoising_steps: K, the diffusion chain's steps.
+        ft_denoising_steps: K' >= 0, the fine-tuned last steps of the chain (0: none; the baselines tune it all).
+        reward_horizon: PPO's executed actions whose log-probability counts (null: act_steps).
+        n_steps: evaluation's chunks per env, when n_episodes is null.
+        n_episodes: evaluation's episodes to report.
+        suite: gym, robomimic, d3il (for folder names and hints).
+        env_name: the task (for folder names and hints).
+        policy_name: the policy's config name (for folder names and hints).
+    """
+
+    seed: int = 42
+    device: str = "auto"
+    resume: Any = False
+    allow_pickle: bool = False
+    base_policy_path: str | None = None
+    normalization_path: str | None = None
+    robomimic_env_cfg_path: str | None = None
+    obs_dim: int | None = None
+    action_dim: int | None = None
+    horizon_steps: int | None = None
+    act_steps: int | None = None
+    cond_steps: int | None = None
+    img_cond_steps: int | None = None
+    denoising_steps: int | None = None
+    ft_denoising_steps: int | None = None
+    reward_horizon: int | None = None
+    n_steps: int | None = None
+    n_episodes: int | None = None
+    suite: str | None = None
+    env_name: str | None = None
+    policy_name: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("obs_dim", "action_dim", "horizon_steps", "cond_steps", "denoising_steps", "act_steps"):
+            v = getattr(self, key)
+            require(v is None or v >= 1, f"{key} must be an integer >= 1, got {v!r}")
+        horizon, act = self.horizon_steps, self.act_steps
+        require(
+            act is None or horizon is None or act <= horizon,
+            f"act_steps={act} is larger than horizon_steps={horizon}; set act_steps <= horizon_steps",
+        )
+        cond, img_cond = self.cond_steps, self.img_cond_steps
+        if img_cond is not None and cond is not None:
+            require(1 <= img_cond <= cond, f"img_cond_steps={img_cond} must be in [1, cond_steps={cond}]")
+        k_ft = self.ft_denoising_steps
+        require(k_ft is None or k_ft >= 0, f"ft_denoising_steps must be an integer >= 0, got {k_ft!r}")
+        require(self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
+        for key in ("reward_horizon", "n_steps", "n_episodes"):
+            v = getattr(self, key)
+            require(v is None or v >= 1, f"{key} must be an integer >= 1 or null, got {v!r}")
+
+
+@dataclass
+class PPOModel:
+    """PPO's keys in the `model` block (DPPO keeps them there); the block's other keys build the policy and critic.
+
+    Attributes:
+        gamma_denoising: discount over the denoising steps of one env step (DPPO's denoising discount).
+        clip_ploss_coef: PPO's ratio clip at the last denoising step, > 0.
+        clip_ploss_coef_base: the clip at the first fine-tuned denoising step.
+        clip_ploss_coef_rate: how fast the clip grows from base to clip_ploss_coef along the chain.
+        clip_vloss_coef: clip of the value update around the old values (null: unclipped).
+        clip_advantage_lower_quantile: advantages below this quantile of the minibatch are raised to it.
+        clip_advantage_upper_quantile: advantages above this quantile are lowered to it (0 <= lower < upper <= 1).
+        norm_adv: normalise advantages per minibatch.
+    """
+
+    gamma_denoising: float = 0.99
+    clip_ploss_coef: float = 0.01
+    clip_ploss_coef_base: float = 1e-3
+    clip_ploss_coef_rate: float = 3.0
+    clip_vloss_coef: float | None = None
+    clip_advantage_lower_quantile: float = 0.0
+    clip_advantage_upper_quantile: float = 1.0
+    norm_adv: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("clip_ploss_coef", "clip_ploss_coef_base"):
+            v = getattr(self, key)
+            require(v > 0, f"model.{key} must be > 0, got {v}")
+        lo, hi = self.clip_advantage_lower_quantile, self.clip_advantage_upper_quantile
+        require(0.0 <= lo < hi <= 1.0, f"advantage quantiles must satisfy 0 <= lower < upper <= 1, got {lo}, {hi}")
+
+
 SCHEMAS: dict[str, type] = {
     "pretrain_train": PretrainTrain,
     "ema": Ema,
@@ -536,6 +646,7 @@ SCHEMAS: dict[str, type] = {
     "awr_train": AWRTrain,
     "rwr_train": RWRTrain,
     "wandb": Wandb,
+    "env": EnvConfig,
 }
 """ConfigStore names (group `schema`) of the schemas, as the YAML defaults lists name them."""
 
@@ -549,14 +660,15 @@ def register_schemas() -> None:
         store.store(group="schema", name=name, node=cls)
 
 
-def load_block(cls: type[T], node: Any, where: str) -> T:
+def load_block(cls: type[T], node: Any, where: str, *, open_block: bool = False) -> T:
     """The config block `node` (typed by the schema or a plain mapping, e.g. built by a test) as a `cls` instance.
 
     Keys the block leaves out take the schema's defaults. A key the schema lacks can only be there on purpose (the
     command line refuses a misspelt key unless it is added with `+`/`++`, as `script/sweep.py` does to share one
     override set between algorithms): it is dropped with a warning naming the closest key. A value of the wrong
     type and a value out of range each end in one `ConfigError` line naming the key (`where` is the block's path,
-    e.g. `train`).
+    e.g. `train`). `open_block`: the node also holds keys that other schemas read (the root, `model`); they are
+    left aside without a warning.
     """
     plain: dict[str, Any] = (
         dict(OmegaConf.to_container(node, resolve=True) or {})  # type: ignore[arg-type]
@@ -565,6 +677,9 @@ def load_block(cls: type[T], node: Any, where: str) -> T:
     )
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     for key in [k for k in plain if k not in names]:
+        if open_block:
+            del plain[key]
+            continue
         close = difflib.get_close_matches(str(key), names, n=1)
         hint = f"did you mean {where}.{close[0]}?" if close else f"{where} takes {', '.join(names)}"
         log.warning("%s.%s is not used here and is ignored (%s)", where, key, hint)
@@ -575,12 +690,17 @@ def load_block(cls: type[T], node: Any, where: str) -> T:
     except ConfigError:
         raise
     except ConfigKeyError as exc:
-        raise ConfigError(f"{where}.{exc.full_key} is not a key of {where}") from exc
+        raise ConfigError(f"{_path(where, str(exc.full_key))} is not a key of {where or 'the config'}") from exc
     except OmegaConfBaseException as exc:
         if isinstance(exc.__cause__, ConfigError):
             raise exc.__cause__ from None
         reason = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"{where}.{exc.full_key}: {reason}") from exc
+        raise ConfigError(f"{_path(where, str(exc.full_key))}: {reason}") from exc
+
+
+def _path(where: str, key: str) -> str:
+    """`where.key`, or `key` at the root (where = "")."""
+    return f"{where}.{key}" if where else key
 
 
 __all__ = [

@@ -1,32 +1,6 @@
 """`make_vec_env`: the DPPO-style `env:` config block -> a vector env that follows the contract in env/README.md.
 
-Config keys (everything else is an error, except the training-loop keys in `LOOP_KEYS`):
-
-- name (required): task name. gym: hopper-v2, hopper-medium-v2 (and the other D4RL datasets), walker2d-...,
-  halfcheetah-...; robomimic: lift, can, square, transport; kitchen: kitchen-complete-v0, kitchen-partial-v0,
-  kitchen-mixed-v0; avoid: avoid_m1, avoid_m2, avoid_m3.
-- n_envs (1): number of sub-envs E.
-- max_episode_steps (suite default: gym 1000, lift/can 300, square 400, transport 800, kitchen 280, avoid 100):
-  time limit in env steps (truncation).
-- asynchronous (False): AsyncVectorEnv (one process per sub-env) instead of SyncVectorEnv.
-- pipeline (False): step the sub-envs in worker processes (one unless `workers` says more), in two groups, so that
-  an on-policy rollout samples one group's chunks while the workers step the other (env/pipeline.py); not
-  together with `asynchronous`.
-- workers (None): number of worker processes that step the sub-envs, each a contiguous part of them in a loop
-  (env/pipeline.py; with `pipeline` false the envs form one group); "auto": one per core this process may run
-  on (os.sched_getaffinity); never more than the sub-envs per group. None: one with `pipeline`, else the
-  sub-envs are stepped in this process (or by `asynchronous` workers). Not together with `asynchronous`.
-- mp_context (None): start method for async / pipeline workers; forced to "spawn" when MuJoCo renders.
-- step_timeout (300): seconds an async step may take before the workers are reported as hung (reset: 4x).
-- action_clip (True): clip normalised actions to [-1, 1]; False: out-of-range actions raise ValueError.
-- action_tolerance (1e-3): allowed excess beyond [-1, 1] when action_clip is False.
-- save_video (False): record mp4 videos of the first `n_video_envs` sub-envs into `video_dir` ("videos"),
-  `n_video_episodes` (1) episodes each (re-armed by `reset(options={"video_prefix": ...})`), at `video_fps`
-  (None: the env's render fps), frames of `render_size` ([256, 256]) from `render_camera` (robosuite only,
-  default "agentview").
-- env_kwargs ({}): suite-specific keyword arguments (see each suite module).
-- wrappers ({}): ordered mapping {wrapper name: kwargs}, applied in order (see below).
-- use_image_obs (None): DPPO's flag; if given, it must agree with the task wrapper.
+The block's keys, defaults and checks are `EnvConfig`'s (any other key is an error).
 
 `wrappers`: at most one *task* wrapper (`mujoco_locomotion_lowdim`, `d3il_lowdim`, `robomimic_lowdim`,
 `robomimic_image`), then optional generic wrappers, then `multi_step` last. A missing task wrapper becomes the
@@ -38,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import Any
 
@@ -53,65 +27,98 @@ from env.wrappers.video import VideoRecorder
 
 log = logging.getLogger(__name__)
 
-# Keys of DPPO's env block that the training loop (not the factory) consumes; accepted and ignored here.
-LOOP_KEYS = frozenset(
-    {"reset_at_iteration", "best_reward_threshold_for_success", "save_full_observations", "specific", "env_type"}
-)
 
-
-@dataclass(frozen=True)
+@dataclass
 class EnvConfig:
-    """The parsed and checked `env` block (see the module docstring for the keys)."""
+    """The `env` block: its schema (registered in Hydra's ConfigStore as `schema/env` by agent/schemas.py) and,
+    once built, the checked values (the checks run in `__post_init__`).
+
+    Attributes:
+        name: the task. gym: hopper-v2, hopper-medium-v2 (and the other D4RL dataset names), walker2d-...,
+            halfcheetah-...; robomimic: lift, can, square, transport; kitchen: kitchen-complete-v0,
+            kitchen-partial-v0, kitchen-mixed-v0; avoid: avoid_m1, avoid_m2, avoid_m3.
+        n_envs: the number of sub-envs E.
+        max_episode_steps: the time limit in env steps (truncation); null: the suite's (gym 1000, lift/can 300,
+            square 400, transport 800, kitchen 280, avoid 100).
+        asynchronous: gymnasium's AsyncVectorEnv (one process per sub-env) instead of SyncVectorEnv.
+        pipeline: step the sub-envs in worker processes (one unless `workers` says more), in two groups, so that an
+            on-policy rollout samples one group's chunks while the workers step the other (env/pipeline.py); not
+            together with `asynchronous`.
+        workers: worker processes that step the sub-envs, each a contiguous part of them in a loop (with
+            `pipeline` false the envs form one group); auto: one per core this process may run on; never more than
+            the sub-envs per group; null: one with `pipeline`, else the sub-envs step in this process.
+        mp_context: the start method of async / pipeline workers (fork, spawn, forkserver); forced to spawn when
+            MuJoCo renders.
+        step_timeout: seconds an async step may take before the workers are reported as hung (a reset: 4x).
+        action_clip: clip normalised actions to [-1, 1]; false: out-of-range actions raise an error.
+        action_tolerance: the allowed excess beyond [-1, 1] when action_clip is false.
+        save_video: record mp4 videos of the first `n_video_envs` sub-envs, `n_video_episodes` episodes each
+            (re-armed by `reset(options={"video_prefix": ...})`).
+        video_dir: where videos go; null: the run's `<logdir>/videos` ("videos" when the factory is called
+            directly).
+        n_video_envs: sub-envs recorded.
+        n_video_episodes: episodes recorded per sub-env.
+        video_fps: frames per second of the videos; null: the env's render fps.
+        render_size: [H, W] of rendered frames, two even numbers.
+        render_camera: the robosuite camera of the videos; null: agentview.
+        env_kwargs: suite-specific keyword arguments (see each suite module).
+        wrappers: ordered mapping {wrapper name: kwargs}, applied in order (see the module docstring).
+        use_image_obs: DPPO's flag; if given, it must agree with the task wrapper.
+        reset_at_iteration: the fine-tuning loop resets every env at the start of each iteration.
+        best_reward_threshold_for_success: an episode whose return reaches it counts as a success; null: the
+            env's own success flag.
+        save_full_observations: DPPO's key, accepted; unused here.
+        specific: DPPO's key (Furniture-Bench), accepted; unused here.
+        env_type: DPPO's key (Furniture-Bench), accepted; unused here.
+    """
 
     name: str
     n_envs: int = 1
     max_episode_steps: int | None = None
     asynchronous: bool = False
     pipeline: bool = False
-    workers: int | str | None = None
+    workers: Any = None  # int >= 1, "auto" or None
     mp_context: str | None = None
     step_timeout: float | None = 300.0
     action_clip: bool = True
     action_tolerance: float = 1e-3
     save_video: bool = False
-    video_dir: str = "videos"
+    video_dir: str | None = None
     n_video_envs: int = 1
     n_video_episodes: int = 1
     video_fps: int | None = None
     render_size: tuple[int, int] = (256, 256)
     render_camera: str | None = None
-    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    wrappers: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    wrappers: dict[str, Any] = field(default_factory=dict)  # ordered {wrapper name: kwargs or None}
     use_image_obs: bool | None = None
+    reset_at_iteration: bool = True
+    best_reward_threshold_for_success: float | None = None
+    save_full_observations: bool = False
+    specific: Any = None
+    env_type: str | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> EnvConfig:
-        """Parse a plain mapping; raises EnvConfigError naming the key for unknown keys or bad values."""
-        fields = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(cfg) - fields - LOOP_KEYS)
+        """Build from a plain mapping; raises EnvConfigError naming the key for unknown keys or bad values."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(cfg) - set(names))
         if unknown:
-            raise EnvConfigError(
-                f"env: unknown key(s) {unknown}; accepted: {', '.join(sorted(fields))} "
-                f"(and, for the training loop, {', '.join(sorted(LOOP_KEYS))})"
-            )
+            raise EnvConfigError(f"env: unknown key(s) {unknown}; accepted: {', '.join(sorted(names))}")
         if not cfg.get("name"):
             raise EnvConfigError("env.name is required")
-        kwargs = {k: v for k, v in cfg.items() if k in fields}
-        wrappers = kwargs.pop("wrappers", None) or {}
-        if not isinstance(wrappers, Mapping):
-            raise EnvConfigError("env.wrappers must be a mapping {wrapper_name: {kwargs}}")
-        kwargs["wrappers"] = tuple((str(k), dict(v or {})) for k, v in wrappers.items())
-        if "render_size" in kwargs:
-            size = kwargs["render_size"]
-            if isinstance(size, int):
-                size = (size, size)
-            kwargs["render_size"] = (int(size[0]), int(size[1]))
-        kwargs["env_kwargs"] = dict(kwargs.get("env_kwargs") or {})
-        out = cls(**kwargs)
-        out._check()
-        return out
+        return cls(**cfg)
 
-    def _check(self) -> None:
+    def __post_init__(self) -> None:
+        if not isinstance(self.wrappers, Mapping) and self.wrappers is not None:
+            raise EnvConfigError("env.wrappers must be a mapping {wrapper_name: {kwargs}}")
+        self.wrappers = {str(k): dict(v or {}) for k, v in (self.wrappers or {}).items()}
+        size = self.render_size
+        if isinstance(size, int):
+            size = (size, size)
+        self.render_size = (int(size[0]), int(size[1]))
+        self.env_kwargs = dict(self.env_kwargs or {})
+
         def positive(key: str, value: Any) -> None:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise EnvConfigError(f"env.{key} must be a positive integer, got {value!r}")
@@ -197,7 +204,7 @@ def _plan_wrappers(
     cfg: EnvConfig, suite: Suite, max_episode_steps: int
 ) -> tuple[tuple[tuple[str, dict[str, Any]], ...], bool]:
     """Validate the wrapper list and fill in defaults. Returns (wrappers, needs_gl)."""
-    wrappers = [(name, dict(kwargs)) for name, kwargs in cfg.wrappers]
+    wrappers = [(name, dict(kwargs)) for name, kwargs in cfg.wrappers.items()]
     entries = [get_wrapper(name) for name, _ in wrappers]
     roles = [e.role for e in entries]
     if roles.count("task") > 1:
@@ -300,12 +307,12 @@ def vectorize(
 
 
 def make_vec_env(
-    env_cfg: Mapping[str, Any], *, seed: int, env_meta_path: str | None = None
+    env_cfg: EnvConfig | Mapping[str, Any], *, seed: int, env_meta_path: str | None = None
 ) -> ChunkedVectorEnv | PipelinedVectorEnv:
     """Build the vector env described by a DPPO-style `env` block.
 
     Args:
-        env_cfg: the `env:` block (dict or omegaconf DictConfig); keys in the module docstring.
+        env_cfg: the `env:` block (an EnvConfig, a dict or an omegaconf DictConfig); keys in the module docstring.
         seed: base seed; sub-env i is seeded with seed + i at the first reset.
         env_meta_path: robomimic env_meta JSON (DPPO's `robomimic_env_cfg_path`); default:
             cfg/robomimic/env_meta/<name>[-img].json.
@@ -319,7 +326,7 @@ def make_vec_env(
         EnvConfigError: unknown env name (lists the known ones), unknown key, bad value.
         MissingDependencyError: the suite's pip extra is not installed (one line naming it).
     """
-    cfg = EnvConfig.from_config(_to_plain(env_cfg))
+    cfg = env_cfg if isinstance(env_cfg, EnvConfig) else EnvConfig.from_config(_to_plain(env_cfg))
     name, suite = resolve_env_name(cfg.name)
     suite.check_available(name)
     if suite.validate_kwargs is not None:
@@ -348,7 +355,7 @@ def make_vec_env(
         record = cfg.save_video and i < cfg.n_video_envs
         video = None
         if record:
-            video = (cfg.video_dir, name, i, cfg.n_video_episodes, cfg.video_fps)
+            video = (cfg.video_dir or "videos", name, i, cfg.n_video_episodes, cfg.video_fps)
         spec = replace(base_spec, render=record, index=i)
         plans.append(_SubEnvPlan(suite.name, spec, wrappers, f"{name} sub-env {i}", video))
     n_groups = min(2, cfg.n_envs) if cfg.pipeline else 1

@@ -19,8 +19,14 @@ if str(REPO) not in sys.path:
 
 from agent import schemas  # noqa: E402
 from agent.schemas import SCHEMAS  # noqa: E402
+from env.factory import EnvConfig  # noqa: E402
 
 OUT = REPO / "docs" / "config-reference.md"
+# schemas built from a block that also holds other keys, so not merged onto it by Hydra (agent.schemas.load_block)
+OPEN_BLOCKS = {
+    schemas.RunKeys: " (the top-level keys; built from the root, not merged onto it)",
+    schemas.PPOModel: " (PPO's keys of the `model` block, beside the policy's)",
+}
 # pretraining, then fine-tuning from the loop's keys down to each algorithm's
 DOCUMENTED = [
     schemas.PretrainTrain,
@@ -37,7 +43,10 @@ DOCUMENTED = [
     schemas.IDQLTrain,
     schemas.AWRTrain,
     schemas.RWRTrain,
+    schemas.PPOModel,
     schemas.Wandb,
+    EnvConfig,
+    schemas.RunKeys,
 ]
 
 
@@ -77,14 +86,19 @@ def render() -> str:
         "Each block is a dataclass registered in Hydra's ConfigStore (`schema/<name>`): a YAML piece names it in its",
         "defaults list, composition rejects values of the wrong type, and the agent reads the block as an instance",
         "whose checks give one-line errors. A schema that extends another lists only the keys it adds or whose",
-        "default it changes. Blocks not listed here are still plain config (see [architecture.md](architecture.md)).",
+        "default it changes. The top-level keys and PPO's `model` keys share their block with other keys, so they are",
+        "built from it without being merged onto it. The policy and critic entries of `model` are built from their",
+        "`_target_` class, whose constructor arguments are their schema (see [architecture.md](architecture.md)).",
     ]
     for cls in DOCUMENTED:
         summary = " ".join(line.strip() for line in (cls.__doc__ or "").strip().split("\n\n")[0].splitlines())
         docs = attribute_docs(cls)
         bases = [b for b in cls.__bases__ if dataclasses.is_dataclass(b)]
         inherited = {f.name: default_of(f) for b in bases for f in dataclasses.fields(b)}
-        where = f" (`schema/{store_names[cls]}`)" if cls in store_names else " (a base of the schemas below)"
+        if cls in store_names:
+            where = f" (`schema/{store_names[cls]}`)"
+        else:
+            where = OPEN_BLOCKS.get(cls, " (a base of the schemas below)")
         lines += ["", f"## `{cls.__name__}`{where}", "", summary]
         if bases:
             lines += ["", f"Also every key of {' and '.join(f'`{b.__name__}`' for b in bases)}."]

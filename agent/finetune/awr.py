@@ -29,10 +29,10 @@ Deliberate fixes of DPPO's AWR shortcuts (docs/algorithms.md#d11-awr-targets):
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agent.config import cfg_get, instantiate, require
+from agent.config import instantiate, require
+from agent.finetune.base import Experiment
 from agent.finetune.baselines import check_baseline_config
 from agent.finetune.replay import (
     ActorCriticAlgorithm,
@@ -41,7 +41,7 @@ from agent.finetune.replay import (
 )
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
 from agent.optim import OptimSettings
-from agent.schemas import AWRTrain, load_block
+from agent.schemas import AWRTrain
 from model.base import Policy
 
 VALUE_BATCH_ROWS = 65536
@@ -86,18 +86,17 @@ class AWR(ActorCriticAlgorithm):
         self._advantages = torch.zeros(0)
 
     @classmethod
-    def validate_config(cls, cfg: DictConfig) -> None:
-        check_baseline_config(cfg)
-        require(cfg_get(cfg, "model.critic") is not None, "AWR needs model.critic (a CriticObs)")
-        load_block(AWRTrain, cfg.train, "train")  # its range checks
+    def validate_config(cls, exp: Experiment) -> None:
+        check_baseline_config(exp)
+        require(exp.model_node("critic") is not None, "AWR needs model.critic (a CriticObs)")
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> AWR:
-        t = load_block(AWRTrain, cfg.train, "train")
+    def from_config(cls, exp: Experiment, policy: Policy, device: torch.device) -> AWR:
+        t = exp.train_as(AWRTrain)
         return cls(
             policy,
-            instantiate(cfg.model.critic, "model.critic").to(device),
-            ReplayConfig.from_config(cfg, t),
+            instantiate(exp.model_node("critic"), "model.critic").to(device),
+            ReplayConfig.from_config(exp),
             beta=t.beta,
             max_adv_weight=t.max_adv_weight,
             critic_update_ratio=t.critic_update_ratio,

@@ -26,8 +26,9 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -35,30 +36,80 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from agent.base import BaseAgent, check_normalization, load_normalization
+from agent.base import BaseAgent, check_normalization, run_normalization
 from agent.checkpoint import (
-    allows_pickle,
     checkpoint_path,
     find_resume_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from agent.config import require
 from agent.errors import ConfigError, DataError
 from agent.finetune.loading import build_policy, find_checkpoint, load_policy_weights, pretrain_command
 from agent.nonfinite import check_nan_policy, diverged, non_finite_losses, non_finite_parameters
 from agent.rollout import (
     EpisodeStats,
     env_reports_success,
+    load_env_block,
     make_env,
     run_episodes,
 )
 from agent.schedulers import CosineWarmupRestarts
-from agent.schemas import FinetuneTrain, load_block
+from agent.schemas import FinetuneTrain, RunKeys, load_block
 from agent.utils import rng_state, set_rng_state
+from env.factory import EnvConfig
 from model.base import Policy
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Experiment:
+    """A fine-tuning config, read once before any work: its typed blocks, and the composed config itself, whose
+    `model` block (a free-form mapping of `_target_`s) builds the policy and the algorithm's critics.
+
+    Attributes:
+        cfg: the composed, resolved config.
+        run: the top-level keys (agent.schemas.RunKeys).
+        train: the `train` block, an instance of the algorithm's `train_schema`.
+        env: the `env` block (env.factory.EnvConfig).
+        model: the algorithm's own keys of the `model` block (its `model_schema`), or None.
+    """
+
+    cfg: DictConfig
+    run: RunKeys
+    train: FinetuneTrain
+    env: EnvConfig
+    model: Any = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, algorithm_class: type[Algorithm], run: RunKeys | None = None) -> Experiment:
+        """Build (and so check) every block; a bad key or value is one `ConfigError` line naming it."""
+        schema = algorithm_class.model_schema
+        return cls(
+            cfg=cfg,
+            run=run if run is not None else load_block(RunKeys, cfg, "", open_block=True),
+            train=load_block(algorithm_class.train_schema, cfg.get("train"), "train"),
+            env=load_env_block(cfg),
+            model=load_block(schema, cfg.get("model"), "model", open_block=True) if schema is not None else None,
+        )
+
+    def train_as(self, schema: type[T]) -> T:
+        """The `train` block as the algorithm's schema type (a programming error if it is another)."""
+        assert isinstance(self.train, schema), f"train block is {type(self.train).__name__}, not {schema.__name__}"
+        return self.train
+
+    def model_node(self, key: str) -> Any:
+        """`model.<key>` of the composed config (a network's `_target_` block, a policy argument), or None."""
+        node = self.cfg.get("model")
+        return node.get(key) if isinstance(node, DictConfig) else None
+
+    @property
+    def act_steps(self) -> int:
+        """Te, the env steps executed per action chunk (required by every fine-tuning run)."""
+        if self.run.act_steps is None:
+            raise ConfigError("act_steps (env steps executed per action chunk) must be set")
+        return self.run.act_steps
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -76,11 +127,13 @@ class Algorithm(ABC):
         iteration: index of the training iteration in progress (set by the loop before `update`), for warm-ups.
         model_keys: the `model.*` config keys that are the algorithm's, not the policy's (DPPO keeps both in the
             `model` block); the loop removes them before instantiating the policy.
+        model_schema: the schema of the algorithm's scalar `model.*` keys (PPO's clipping), or None.
     """
 
     model_keys: ClassVar[frozenset[str]] = frozenset()
     train_schema: ClassVar[type[FinetuneTrain]] = FinetuneTrain
     """The schema of the `train` block (agent/schemas.py): the loop's keys plus the algorithm's."""
+    model_schema: ClassVar[type | None] = None
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -91,12 +144,13 @@ class Algorithm(ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> Algorithm:
-        """Build the algorithm (and its critics, on `device`) from the experiment config."""
+    def from_config(cls, exp: Experiment, policy: Policy, device: torch.device) -> Algorithm:
+        """Build the algorithm (and its critics, on `device`) from the experiment's blocks."""
 
     @classmethod  # noqa: B027 - an optional hook, empty by default
-    def validate_config(cls, cfg: DictConfig) -> None:
-        """Algorithm-specific config checks, run before any work; raise `ConfigError` with one clear line."""
+    def validate_config(cls, exp: Experiment) -> None:
+        """Algorithm-specific checks across blocks, run before any work; raise `ConfigError` with one clear line.
+        (Each block's own checks already ran when `exp` was built.)"""
 
     @abstractmethod
     def update(self, data: Any) -> dict[str, float]:
@@ -136,9 +190,8 @@ class Algorithm(ABC):
 class FinetuneAgent(BaseAgent):
     """Shared fine-tuning loop; subclasses implement `setup` and `train_iteration`.
 
-    Config keys read here: base_policy_path, normalization_path, act_steps, resume, env.* (n_envs,
-    best_reward_threshold_for_success, save_video, max_episode_steps), train.{n_train_itr, val_freq,
-    save_model_freq, force_train, eval_n_steps, eval_n_episodes, log_freq, max_env_steps, max_wall_min}.
+    The config is read once, in `validate`, as an `Experiment` (`self.exp`): the top-level keys (`self.run_cfg`),
+    the `train` block (`self.train_cfg`, the algorithm's schema), the `env` block and the algorithm's model keys.
 
     Budgets: training ends after `n_train_itr` iterations, or earlier after the iteration at which the env steps
     reach `train.max_env_steps` or the run's wall time (iterations and evaluations, summed over resumed segments)
@@ -154,40 +207,35 @@ class FinetuneAgent(BaseAgent):
 
     # ---------------------------------------------------------------- config checks
     def validate(self, cfg: DictConfig) -> None:
-        get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
-        require(get("env") is not None and get("env.name"), "fine-tuning needs an `env` block with env.name")
-        require(get("act_steps") is not None, "act_steps (env steps executed per action chunk) must be set")
-        n_envs = get("env.n_envs")
-        require(isinstance(n_envs, int) and n_envs >= 1, f"env.n_envs must be an integer >= 1, got {n_envs!r}")
-        # the typed `train` block (agent/schemas.py): its range checks run here; the loop reads its keys from it
-        self.train_cfg = load_block(self.algorithm_class.train_schema, cfg.train, "train")
-        resume = get("resume")
-        base = get("base_policy_path")
-        if base and not resume and find_checkpoint(base) is None:
+        # every block typed and checked once (agent/schemas.py, env.factory.EnvConfig); the loop reads them
+        self.exp = Experiment.from_config(cfg, self.algorithm_class, self.run_cfg)
+        self.train_cfg = self.exp.train
+        self.exp.act_steps  # noqa: B018 - required
+        run = self.run_cfg
+        if run.base_policy_path and not run.resume and find_checkpoint(run.base_policy_path) is None:
             raise ConfigError(
-                f"base_policy_path={base} has no checkpoint; pretrain first with `{pretrain_command(cfg)}` "
-                "or pass base_policy_path=<path to state_<N>.pt>"
+                f"base_policy_path={run.base_policy_path} has no checkpoint; pretrain first with "
+                f"`{pretrain_command(run)}` or pass base_policy_path=<path to state_<N>.pt>"
             )
-        self.algorithm_class.validate_config(cfg)
+        self.algorithm_class.validate_config(self.exp)
 
     # ---------------------------------------------------------------- set-up
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        c = self.cfg
-        self.act_steps = int(c.act_steps)
-        self.n_envs = int(c.env.n_envs)
+        c, run, env_cfg = self.cfg, self.run_cfg, self.exp.env
+        self.act_steps = self.exp.act_steps
+        self.n_envs = env_cfg.n_envs
         self.n_train_itr = self.train_cfg.n_train_itr
-        self.resume_path = find_resume_checkpoint(OmegaConf.select(c, "resume", default=None), self.logdir)
+        self.resume_path = find_resume_checkpoint(run.resume, self.logdir)
 
         self.policy: Policy = build_policy(c, self.algorithm_class.model_keys)
         ckpt_norm = self._load_base_policy()
         self.policy.to(self.device)
-        norm_path = OmegaConf.select(c, "normalization_path", default=None)
-        self.normalization = load_normalization(norm_path, c) if norm_path and Path(norm_path).is_file() else ckpt_norm
-        self.env = make_env(c, self.logdir, ckpt_norm, self.seed)
-        self.algorithm = self.algorithm_class.from_config(c, self.policy, self.device)
-        threshold = OmegaConf.select(c, "env.best_reward_threshold_for_success", default=None)
-        self.episodes = EpisodeStats(self.n_envs, threshold, env_reports_success(c))
+        self.normalization = run_normalization(run, ckpt_norm)
+        self.env = make_env(env_cfg, self.logdir, ckpt_norm, self.seed, run.robomimic_env_cfg_path)
+        self.algorithm = self.algorithm_class.from_config(self.exp, self.policy, self.device)
+        threshold = env_cfg.best_reward_threshold_for_success
+        self.episodes = EpisodeStats(self.n_envs, threshold, env_reports_success(env_cfg.name))
         self.success_threshold = threshold
         self.itr = 0
         self.env_steps = 0
@@ -203,15 +251,15 @@ class FinetuneAgent(BaseAgent):
 
     def _load_base_policy(self) -> dict[str, np.ndarray] | None:
         """Load `base_policy_path` into the policy (skipped when resuming); return its normalization stats."""
-        base = OmegaConf.select(self.cfg, "base_policy_path", default=None)
+        base = self.run_cfg.base_policy_path
         source = self.resume_path or (find_checkpoint(base) if base else None)
         if source is None:
             log.info("no base_policy_path: training from a freshly initialised policy")
             return None
-        ckpt = load_checkpoint(source, allow_pickle=allows_pickle(self.cfg))
+        ckpt = load_checkpoint(source, allow_pickle=self.run_cfg.allow_pickle)
         norm = ckpt.get("normalization")
         stats = {k: np.asarray(v) for k, v in norm.items()} if norm else None
-        check_normalization(stats, self.cfg, f"the normalization stored in {source}")
+        check_normalization(stats, self.run_cfg, f"the normalization stored in {source}")
         if self.resume_path is None:
             kind = load_policy_weights(self.policy, ckpt, self.cfg, Path(source))
             log.info("loaded %s weights from %s", "EMA" if kind == "pretrain" else "fine-tuned", source)
@@ -263,7 +311,7 @@ class FinetuneAgent(BaseAgent):
 
     def load(self, path: str | Path) -> None:
         """Resume: weights, algorithm (optimisers, schedulers, critics), loop state and RNG states."""
-        ckpt = load_checkpoint(path, map_location=self.device, allow_pickle=allows_pickle(self.cfg))
+        ckpt = load_checkpoint(path, map_location=self.device, allow_pickle=self.run_cfg.allow_pickle)
         if ckpt.get("kind") != "finetune":
             raise DataError(f"resume={path} is not a fine-tuning checkpoint")
         load_policy_weights(self.policy, ckpt, self.cfg, Path(path))
@@ -293,11 +341,10 @@ class FinetuneAgent(BaseAgent):
     # ---------------------------------------------------------------- hooks
     def evaluate(self) -> dict[str, float]:
         """Deterministic evaluation rollout on the training envs (reset before and after)."""
-        c = self.cfg
         t = self.train_cfg
         n_steps = t.eval_n_steps or t.n_steps
         n_episodes = t.eval_n_episodes
-        options = {"video_prefix": f"eval_itr{self.itr:05d}"} if OmegaConf.select(c, "env.save_video") else None
+        options = {"video_prefix": f"eval_itr{self.itr:05d}"} if self.exp.env.save_video else None
         if self._reset_seed is not None:
             self.env.reset(seed=self._reset_seed)
             self._reset_seed = None
@@ -309,7 +356,7 @@ class FinetuneAgent(BaseAgent):
             device=self.device,
             n_steps=n_steps,
             n_episodes=n_episodes,
-            max_episode_steps=OmegaConf.select(c, "env.max_episode_steps", default=None),
+            max_episode_steps=self.exp.env.max_episode_steps,
             success_threshold=self.success_threshold,
             reports_success=self.episodes.has_success,
             reset_options=options,

@@ -18,10 +18,10 @@ from __future__ import annotations
 from typing import cast
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agent.config import cfg_get, instantiate, require
+from agent.config import instantiate, require
+from agent.finetune.base import Experiment
 from agent.finetune.baselines import check_baseline_config
 from agent.finetune.replay import (
     ActorCriticAlgorithm,
@@ -32,7 +32,7 @@ from agent.finetune.replay import (
 )
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
 from agent.optim import OptimSettings, frozen_copy, polyak_update
-from agent.schemas import DIPOTrain, load_block
+from agent.schemas import DIPOTrain
 from model.base import Policy
 from model.diffusion.diffusion import DiffusionModel
 
@@ -72,18 +72,17 @@ class DIPO(ActorCriticAlgorithm):
         self.modules["actor_target"] = frozen_copy(policy).eval()
 
     @classmethod
-    def validate_config(cls, cfg: DictConfig) -> None:
-        check_baseline_config(cfg)
-        require(cfg_get(cfg, "model.critic") is not None, "DIPO needs model.critic (a double-Q CriticObsAct)")
-        load_block(DIPOTrain, cfg.train, "train")  # its range checks
+    def validate_config(cls, exp: Experiment) -> None:
+        check_baseline_config(exp)
+        require(exp.model_node("critic") is not None, "DIPO needs model.critic (a double-Q CriticObsAct)")
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> DIPO:
-        t = load_block(DIPOTrain, cfg.train, "train")
+    def from_config(cls, exp: Experiment, policy: Policy, device: torch.device) -> DIPO:
+        t = exp.train_as(DIPOTrain)
         return cls(
             policy,
-            instantiate(cfg.model.critic, "model.critic").to(device),
-            ReplayConfig.from_config(cfg, t),
+            instantiate(exp.model_node("critic"), "model.critic").to(device),
+            ReplayConfig.from_config(exp),
             action_lr=t.action_lr,
             action_gradient_steps=t.action_gradient_steps,
             optim=t.optim_settings(),

@@ -20,10 +20,10 @@ here the replay buffer's actions. `train.bc_on_policy_samples: true` restores DP
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agent.config import cfg_get, instantiate, require
+from agent.config import instantiate, require
+from agent.finetune.base import Experiment
 from agent.finetune.baselines import check_baseline_config
 from agent.finetune.replay import (
     ActorCriticAlgorithm,
@@ -34,7 +34,7 @@ from agent.finetune.replay import (
 )
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
 from agent.optim import OptimSettings, polyak_update
-from agent.schemas import DQLTrain, load_block
+from agent.schemas import DQLTrain
 from model.base import Policy
 
 
@@ -69,18 +69,17 @@ class DQL(ActorCriticAlgorithm):
         self.bc_on_policy_samples = bool(bc_on_policy_samples)
 
     @classmethod
-    def validate_config(cls, cfg: DictConfig) -> None:
-        check_baseline_config(cfg)
-        require(cfg_get(cfg, "model.critic") is not None, "DQL needs model.critic (a double-Q CriticObsAct)")
-        load_block(DQLTrain, cfg.train, "train")  # its range checks
+    def validate_config(cls, exp: Experiment) -> None:
+        check_baseline_config(exp)
+        require(exp.model_node("critic") is not None, "DQL needs model.critic (a double-Q CriticObsAct)")
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> DQL:
-        t = load_block(DQLTrain, cfg.train, "train")
+    def from_config(cls, exp: Experiment, policy: Policy, device: torch.device) -> DQL:
+        t = exp.train_as(DQLTrain)
         return cls(
             policy,
-            instantiate(cfg.model.critic, "model.critic").to(device),
-            ReplayConfig.from_config(cfg, t),
+            instantiate(exp.model_node("critic"), "model.critic").to(device),
+            ReplayConfig.from_config(exp),
             eta=t.eta,
             bc_on_policy_samples=t.bc_on_policy_samples,
             optim=t.optim_settings(),

@@ -21,15 +21,15 @@ sampled deterministically exactly when the selection is.
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agent.config import cfg_get, instantiate, require
+from agent.config import instantiate, require
+from agent.finetune.base import Experiment
 from agent.finetune.baselines import check_baseline_config
 from agent.finetune.replay import ActorCriticAlgorithm, ReplayAgent, ReplayConfig, double_q_loss
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
 from agent.optim import OptimSettings, polyak_update
-from agent.schemas import IDQLTrain, load_block
+from agent.schemas import IDQLTrain
 from model.base import Policy
 
 
@@ -77,20 +77,19 @@ class IDQL(ActorCriticAlgorithm):
         self.critic_hyperparam = float(critic_hyperparam)
 
     @classmethod
-    def validate_config(cls, cfg: DictConfig) -> None:
-        check_baseline_config(cfg)
-        for key in ("model.critic_q", "model.critic_v"):
-            require(cfg_get(cfg, key) is not None, f"IDQL needs {key} (double-Q CriticObsAct and CriticObs)")
-        load_block(IDQLTrain, cfg.train, "train")  # its range checks
+    def validate_config(cls, exp: Experiment) -> None:
+        check_baseline_config(exp)
+        for key in ("critic_q", "critic_v"):
+            require(exp.model_node(key) is not None, f"IDQL needs model.{key} (double-Q CriticObsAct and CriticObs)")
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> IDQL:
-        t = load_block(IDQLTrain, cfg.train, "train")
+    def from_config(cls, exp: Experiment, policy: Policy, device: torch.device) -> IDQL:
+        t = exp.train_as(IDQLTrain)
         return cls(
             policy,
-            instantiate(cfg.model.critic_q, "model.critic_q").to(device),
-            instantiate(cfg.model.critic_v, "model.critic_v").to(device),
-            ReplayConfig.from_config(cfg, t),
+            instantiate(exp.model_node("critic_q"), "model.critic_q").to(device),
+            instantiate(exp.model_node("critic_v"), "model.critic_v").to(device),
+            ReplayConfig.from_config(exp),
             n_candidates=t.eval_sample_num,
             eval_deterministic=t.eval_deterministic,
             use_expectile_exploration=t.use_expectile_exploration,

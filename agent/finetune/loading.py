@@ -34,6 +34,7 @@ from torch import nn
 from agent.checkpoint import list_checkpoints, load_checkpoint, non_finite_weights
 from agent.config import instantiate
 from agent.errors import ConfigError, DataError
+from agent.schemas import RunKeys
 from model.base import Policy
 from model.common.critic import CriticObs
 from model.common.mlp import MLP, ResidualBlock
@@ -136,11 +137,10 @@ def find_checkpoint(path: str | Path) -> Path | None:
         return None
 
 
-def pretrain_command(cfg: DictConfig) -> str:
-    """The command that writes the pretraining checkpoint this config expects."""
-    suite = OmegaConf.select(cfg, "suite", default="<suite>")
-    env_name = OmegaConf.select(cfg, "env_name", default="<task>")
-    policy = OmegaConf.select(cfg, "policy_name", default="diffusion_mlp")
+def pretrain_command(run: RunKeys) -> str:
+    """The command that writes the pretraining checkpoint a run with these top-level keys expects."""
+    suite, env_name = run.suite or "<suite>", run.env_name or "<task>"
+    policy = run.policy_name or "diffusion_mlp"
     return f"python script/run.py --config-name=pre_{policy} --config-dir=cfg/{suite}/pretrain/{env_name}"
 
 

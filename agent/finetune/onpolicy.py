@@ -29,7 +29,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from agent.config import require
@@ -77,7 +76,7 @@ class OnPolicyAgent(FinetuneAgent):
         # Values and PPO's old log-probs are computed in batches of this many env steps. The reference requires it
         # to divide n_envs because it splits along the step axis; the flattened buffer here has no such need.
         self.batch_rows = t.logprob_batch_size
-        self.reset_at_iteration = bool(OmegaConf.select(self.cfg, "env.reset_at_iteration", default=True))
+        self.reset_at_iteration = self.exp.env.reset_at_iteration
         self.reward_scaler = RunningRewardScaler(self.n_envs) if t.reward_scale_running else None
         space = self.env.single_observation_space
         obs_spec = {

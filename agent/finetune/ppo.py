@@ -38,18 +38,18 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple, cast
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from agent.config import instantiate, require
+from agent.finetune.base import Experiment
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.onpolicy import OnPolicyAgent, OnPolicyAlgorithm
 from agent.optim import make_optimizer
-from agent.schemas import LrScheduler, PPOTrain, load_block
+from agent.schemas import LrScheduler, PPOModel, PPOTrain
 from model.base import Policy
 
 log = logging.getLogger(__name__)
@@ -139,15 +139,15 @@ class PPOConfig:
     eta_update_interval: int = PPOTrain.eta_update_interval
     grad_accumulate: int = PPOTrain.grad_accumulate
     update_chunk_rows: int | None = PPOTrain.update_chunk_rows
-    # model.*
-    gamma_denoising: float = 0.99
-    clip_ploss_coef: float = 0.01
-    clip_ploss_coef_base: float = 1e-3
-    clip_ploss_coef_rate: float = 3.0
-    clip_vloss_coef: float | None = None
-    clip_advantage_lower_quantile: float = 0.0
-    clip_advantage_upper_quantile: float = 1.0
-    norm_adv: bool = True
+    # model.*: the defaults are PPOModel's
+    gamma_denoising: float = PPOModel.gamma_denoising
+    clip_ploss_coef: float = PPOModel.clip_ploss_coef
+    clip_ploss_coef_base: float = PPOModel.clip_ploss_coef_base
+    clip_ploss_coef_rate: float = PPOModel.clip_ploss_coef_rate
+    clip_vloss_coef: float | None = PPOModel.clip_vloss_coef
+    clip_advantage_lower_quantile: float = PPOModel.clip_advantage_lower_quantile
+    clip_advantage_upper_quantile: float = PPOModel.clip_advantage_upper_quantile
+    norm_adv: bool = PPOModel.norm_adv
     # top level
     reward_horizon: int = 4
 
@@ -158,27 +158,18 @@ class PPOConfig:
         "eta_weight_decay", "eta_lr_scheduler", "eta_update_interval", "grad_accumulate", "update_chunk_rows",
     )  # fmt: skip
     """The keys taken from the typed `train` block (PPOTrain)."""
-    MODEL_KEYS = (
-        "gamma_denoising", "clip_ploss_coef", "clip_ploss_coef_base", "clip_ploss_coef_rate", "clip_vloss_coef",
-        "clip_advantage_lower_quantile", "clip_advantage_upper_quantile", "norm_adv",
-    )  # fmt: skip
+    MODEL_KEYS = tuple(f.name for f in fields(PPOModel))
+    """The keys taken from the `model` block (PPOModel)."""
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> PPOConfig:
-        """The PPO keys of the typed `train` block and of `model.*` (an explicit null, e.g. `target_kl: null`, turns a
-        feature off), and `reward_horizon` (default: act_steps)."""
-        train = load_block(PPOTrain, cfg.train, "train")
+    def build(cls, train: PPOTrain, model: PPOModel, reward_horizon: int) -> PPOConfig:
+        """From the typed `train` block, PPO's `model` keys and the reward horizon (reward_horizon, else act_steps)."""
         kwargs: dict[str, Any] = {}
         for key in cls.TRAIN_KEYS:
             value = getattr(train, key)
             kwargs[key] = asdict(value) if isinstance(value, LrScheduler) else value
-        node = cfg.get("model")
-        for key in cls.MODEL_KEYS if node is not None else ():
-            if key in node:
-                value = node[key]
-                kwargs[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-        kwargs["reward_horizon"] = int(OmegaConf.select(cfg, "reward_horizon", default=None) or cfg.act_steps)
-        return cls(**kwargs)
+        kwargs.update(asdict(model))
+        return cls(**kwargs, reward_horizon=reward_horizon)
 
 
 class PPO(OnPolicyAlgorithm):
@@ -191,6 +182,7 @@ class PPO(OnPolicyAlgorithm):
     """
 
     train_schema = PPOTrain
+    model_schema = PPOModel
 
     model_keys = frozenset({"critic", *PPOConfig.MODEL_KEYS})
 
@@ -233,16 +225,16 @@ class PPO(OnPolicyAlgorithm):
 
     # ---------------------------------------------------------------- construction from the config
     @classmethod
-    def validate_config(cls, cfg: DictConfig) -> None:
-        get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
-        require(get("model.critic") is not None, "PPO needs a critic: set model.critic (e.g. CriticObs)")
-        k = get("model.ft_denoising_steps", 1)
+    def validate_config(cls, exp: Experiment) -> None:
+        require(exp.model_node("critic") is not None, "PPO needs a critic: set model.critic (e.g. CriticObs)")
+        k = exp.model_node("ft_denoising_steps")
+        k = 1 if k is None else k
         require(
             isinstance(k, int) and k >= 1,
             f"ft_denoising_steps={k}: PPO fine-tuning needs at least one fine-tuned denoising step",
         )
-        t = load_block(PPOTrain, cfg.train, "train")  # the train block's own checks (agent/schemas.py)
-        rows = t.n_steps * int(get("env.n_envs")) * k
+        t = exp.train_as(PPOTrain)
+        rows = t.n_steps * exp.env.n_envs * k
         bs = t.batch_size
         if bs > rows:  # as the reference: one minibatch of every row (a tiny smoke run, a chain of length one)
             log.warning(
@@ -252,28 +244,23 @@ class PPO(OnPolicyAlgorithm):
                 rows,
                 rows,
             )
+        model: PPOModel = exp.model
+        require(bs >= 2 or not model.norm_adv, "train.batch_size must be >= 2 to normalise advantages")
+        horizon, chunk = cls.reward_horizon(exp), exp.run.horizon_steps
         require(
-            bs >= 2 or not get("model.norm_adv", True),
-            "train.batch_size must be >= 2 to normalise advantages",
+            chunk is None or 1 <= horizon <= chunk,
+            f"reward_horizon={horizon} must be in [1, horizon_steps={chunk}]",
         )
-        horizon = get("reward_horizon", None) or get("act_steps")
-        require(
-            1 <= horizon <= get("horizon_steps"),
-            f"reward_horizon={horizon} must be in [1, horizon_steps={get('horizon_steps')}]",
-        )
-        for key in ("model.clip_ploss_coef", "model.clip_ploss_coef_base"):
-            v = get(key)
-            require(v is None or v > 0, f"{key} must be > 0, got {v}")
-        lo, hi = (
-            get("model.clip_advantage_lower_quantile", 0.0),
-            get("model.clip_advantage_upper_quantile", 1.0),
-        )
-        require(0.0 <= lo < hi <= 1.0, f"advantage quantiles must satisfy 0 <= lower < upper <= 1, got {lo}, {hi}")
+
+    @staticmethod
+    def reward_horizon(exp: Experiment) -> int:
+        """The executed actions whose log-probability counts: `reward_horizon`, else act_steps."""
+        return exp.run.reward_horizon or exp.act_steps
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> PPO:
-        critic = instantiate(cfg.model.critic, "model.critic").to(device)
-        return cls(policy, critic, PPOConfig.from_config(cfg))
+    def from_config(cls, exp: Experiment, policy: Policy, device: torch.device) -> PPO:
+        critic = instantiate(exp.model_node("critic"), "model.critic").to(device)
+        return cls(policy, critic, PPOConfig.build(exp.train_as(PPOTrain), exp.model, cls.reward_horizon(exp)))
 
     # ---------------------------------------------------------------- the loss
     def policy_log_prob(self, mb: Minibatch) -> Tensor:

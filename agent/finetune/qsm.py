@@ -17,10 +17,10 @@ buffer wrote final_obs into the live observation; the replay loop here never doe
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agent.config import cfg_get, instantiate, require
+from agent.config import instantiate, require
+from agent.finetune.base import Experiment
 from agent.finetune.baselines import check_baseline_config
 from agent.finetune.replay import (
     ActorCriticAlgorithm,
@@ -31,7 +31,7 @@ from agent.finetune.replay import (
 )
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
 from agent.optim import OptimSettings, polyak_update
-from agent.schemas import QSMTrain, load_block
+from agent.schemas import QSMTrain
 from model.base import Policy
 
 
@@ -62,21 +62,21 @@ class QSM(ActorCriticAlgorithm):
         self.q_grad_coeff = float(q_grad_coeff)
 
     @classmethod
-    def validate_config(cls, cfg: DictConfig) -> None:
-        check_baseline_config(cfg)
-        require(cfg_get(cfg, "model.critic") is not None, "QSM needs model.critic (a double-Q CriticObsAct)")
+    def validate_config(cls, exp: Experiment) -> None:
+        check_baseline_config(exp)
+        require(exp.model_node("critic") is not None, "QSM needs model.critic (a double-Q CriticObsAct)")
         require(
-            cfg_get(cfg, "model.predict_epsilon", True),
+            exp.model_node("predict_epsilon") in (None, True),
             "QSM matches the predicted noise to the Q gradient: it needs model.predict_epsilon=true",
         )
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> QSM:
-        t = load_block(QSMTrain, cfg.train, "train")
+    def from_config(cls, exp: Experiment, policy: Policy, device: torch.device) -> QSM:
+        t = exp.train_as(QSMTrain)
         return cls(
             policy,
-            instantiate(cfg.model.critic, "model.critic").to(device),
-            ReplayConfig.from_config(cfg, t),
+            instantiate(exp.model_node("critic"), "model.critic").to(device),
+            ReplayConfig.from_config(exp),
             q_grad_coeff=t.q_grad_coeff,
             optim=t.optim_settings(),
         )

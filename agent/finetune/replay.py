@@ -41,12 +41,12 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agent.config import cfg_get, require
-from agent.finetune.base import Algorithm, FinetuneAgent
+from agent.config import require
+from agent.finetune.base import Algorithm, Experiment, FinetuneAgent
 from agent.finetune.replay_buffer import ReplayBuffer, Transitions
 from agent.optim import OptimSettings, frozen_copy, make_optimizer
 from agent.rollout import actions_to_numpy, cat_groups, obs_to_tensor, step_env_groups
-from agent.schemas import ReplayTrain, load_block
+from agent.schemas import ReplayTrain
 from model.base import Policy, Sample
 from model.diffusion.diffusion import DiffusionModel
 
@@ -80,33 +80,31 @@ class ReplayConfig:
     act_steps: int
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, train: ReplayTrain) -> ReplayConfig:
-        """The settings of the typed `train` block (agent/schemas.py) and the config's `act_steps` and `env.n_envs`."""
+    def from_config(cls, exp: Experiment) -> ReplayConfig:
+        """The settings of the typed `train` block (agent/schemas.py), `act_steps` and `env.n_envs`."""
+        train = exp.train_as(ReplayTrain)
         return cls(
             gamma=train.gamma,
             batch_size=train.batch_size,
-            n_updates=train.gradient_steps(int(cfg.env.n_envs)),
+            n_updates=train.gradient_steps(exp.env.n_envs),
             n_critic_warmup_itr=train.n_critic_warmup_itr,
             tau=train.polyak_rate,
             max_grad_norm=train.max_grad_norm,
-            act_steps=int(cfg.act_steps),
+            act_steps=exp.act_steps,
         )
 
     @classmethod
-    def validate(cls, cfg: DictConfig, schema: type[ReplayTrain]) -> None:
-        """One-line errors for impossible replay settings; `schema` is the algorithm's `train` schema."""
-        get = lambda key, default=None: cfg_get(cfg, key, default)  # noqa: E731
-        size, bs, ratio = get("train.buffer_size"), get("train.batch_size"), get("train.replay_ratio")
-        n_envs = get("env.n_envs")
+    def validate(cls, exp: Experiment) -> None:
+        """One-line errors for replay settings that do not fit the env count."""
+        t, n_envs = exp.train_as(ReplayTrain), exp.env.n_envs
         require(
-            isinstance(size, int) and size >= n_envs,
-            f"train.buffer_size={size!r} must be an integer >= env.n_envs={n_envs} (it counts transitions)",
+            t.buffer_size >= n_envs,
+            f"train.buffer_size={t.buffer_size!r} must be an integer >= env.n_envs={n_envs} (it counts transitions)",
         )
-        n = load_block(schema, cfg.train, "train").gradient_steps(int(n_envs))  # also its range checks
         require(
-            n >= 1,
-            f"n_steps * n_envs / batch_size * replay_ratio = {get('train.n_steps')} * {n_envs} / {bs} * {ratio} "
-            "< 1 gradient step per iteration; raise train.replay_ratio or lower train.batch_size",
+            t.gradient_steps(n_envs) >= 1,
+            f"n_steps * n_envs / batch_size * replay_ratio = {t.n_steps} * {n_envs} / {t.batch_size} * "
+            f"{t.replay_ratio} < 1 gradient step per iteration; raise train.replay_ratio or lower train.batch_size",
         )
 
 
@@ -255,14 +253,14 @@ class ReplayAgent(FinetuneAgent):
 
     def validate(self, cfg: DictConfig) -> None:
         super().validate(cfg)
-        ReplayConfig.validate(cfg, cast(type[ReplayTrain], self.algorithm_class.train_schema))
+        ReplayConfig.validate(self.exp)
 
     def setup(self) -> None:
         c = self.cfg
         self.n_steps = int(c.train.n_steps)
         t = cast(ReplayTrain, self.train_cfg)
         self.scale_reward = t.scale_reward_factor
-        self.reset_at_iteration = bool(cfg_get(c, "env.reset_at_iteration", True))
+        self.reset_at_iteration = self.exp.env.reset_at_iteration
         self.save_buffer = t.save_replay_buffer
         space = self.env.single_observation_space
         obs_spec = {

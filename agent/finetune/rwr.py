@@ -17,14 +17,14 @@ Difference from DPPO's episode rule (docs/algorithms.md#d20-rwr-one-chunk-episod
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
+from agent.finetune.base import Experiment
 from agent.finetune.baselines import check_baseline_config
 from agent.finetune.buffer import RolloutBuffer, compute_gae
 from agent.finetune.onpolicy import OnPolicyAgent, OnPolicyAlgorithm
 from agent.optim import OptimSettings, make_optimizer
-from agent.schemas import RWRTrain, load_block
+from agent.schemas import RWRTrain
 from model.base import Policy
 from model.diffusion.diffusion import DiffusionModel
 
@@ -89,14 +89,13 @@ class RWR(OnPolicyAlgorithm):
         self.optimizers["actor"], self.schedulers["actor"] = make_optimizer(policy.trainable_parameters(), *optim)
 
     @classmethod
-    def validate_config(cls, cfg: DictConfig) -> None:
+    def validate_config(cls, exp: Experiment) -> None:
         # RWR trains on the full-horizon chunks the policy sampled, so horizon_steps may exceed act_steps.
-        check_baseline_config(cfg, needs_te_chunks=False)
-        load_block(RWRTrain, cfg.train, "train")  # its range checks
+        check_baseline_config(exp, needs_te_chunks=False)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, policy: Policy, device: torch.device) -> RWR:
-        t = load_block(RWRTrain, cfg.train, "train")
+    def from_config(cls, exp: Experiment, policy: Policy, device: torch.device) -> RWR:
+        t = exp.train_as(RWRTrain)
         return cls(
             policy,
             gamma=t.gamma,

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from agent.config import CFG_ROOT, compose
+from agent.finetune.base import Experiment
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.loading import build_policy
 from agent.finetune.ppo import PPO
@@ -141,7 +142,7 @@ def hopper_ppo(device: torch.device) -> PPO:
     cfg = compose(HOPPER_FT, "ft_ppo_diffusion_mlp", overrides)
     torch.manual_seed(0)
     policy = build_policy(cfg, PPO.model_keys).to(device)
-    return PPO.from_config(cfg, policy, device)
+    return PPO.from_config(Experiment.from_config(cfg, PPO), policy, device)
 
 
 def rollout(ppo: PPO, device: torch.device, seed: int = 3) -> RolloutBuffer:

@@ -149,3 +149,20 @@ def test_cfg_job_prints_the_composed_config_with_the_schema_defaults(tmp_path: P
     train = yaml.safe_load(out.stdout)["train"]
     assert train["eta"] == 0.5 and train["target_ema_rate"] == 0.005 and train["save_replay_buffer"] is False
     assert not (tmp_path / "log").exists()
+
+
+def test_an_append_of_a_key_the_schema_declares_becomes_an_override():
+    """`+env.step_timeout=3` was how a command added the key before the env block was typed; it still works, while
+    `+` of a key the config lacks stays an append."""
+    from agent.cli import promote_appends
+
+    argv = [
+        "--config-dir=cfg/gym/finetune/hopper-v2",
+        "--config-name=ft_ppo_diffusion_mlp",
+        "+env.step_timeout=3",
+        "+train.not_a_key=1",
+        "++env.n_envs=2",
+        "seed=1",
+    ]
+    assert promote_appends(argv) == [*argv[:2], "++env.step_timeout=3", *argv[3:]]
+    assert promote_appends(argv[2:]) == argv[2:]  # no config named: left to preflight

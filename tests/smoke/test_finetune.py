@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -261,8 +262,7 @@ def test_pipelined_rollout_records_what_the_envs_did(base: Path):
     agent.collect()
     assert torch.get_num_threads() == threads  # the policy's thread count is restored after the rollout
     buf = agent.buffer
-    cfg.env.pipeline = False
-    plain = make_env(cfg, agent.logdir, None, agent.seed)
+    plain = make_env(replace(agent.exp.env, pipeline=False), agent.logdir, None, agent.seed)
     obs, _ = plain.reset()
     for t in range(agent.n_steps):
         np.testing.assert_array_equal(buf.obs["state"][t].numpy(), obs["state"])

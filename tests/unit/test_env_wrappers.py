@@ -278,15 +278,17 @@ def test_a_missing_normalization_file_falls_back_to_the_checkpoints_arrays(tmp_p
     from omegaconf import OmegaConf
 
     from agent.errors import DataError
-    from agent.rollout import env_config
+    from agent.rollout import env_config, load_env_block
 
-    cfg = OmegaConf.create({"env": {"wrappers": {"d3il_lowdim": {"normalization_path": str(tmp_path / "gone.npz")}}}})
+    wrappers = {"d3il_lowdim": {"normalization_path": str(tmp_path / "gone.npz")}}
+    cfg = load_env_block(OmegaConf.create({"env": {"name": "avoid_m1", "wrappers": wrappers}}))
     stats = {"obs_min": np.zeros(4), "obs_max": np.ones(4), "action_min": -np.ones(2), "action_max": np.ones(2)}
-    kwargs = env_config(cfg, tmp_path, stats)["wrappers"]["d3il_lowdim"]
+    kwargs = env_config(cfg, tmp_path, stats).wrappers["d3il_lowdim"]
     assert kwargs["normalization_path"] is None
     assert kwargs["normalization"].keys() == stats.keys()
     np.testing.assert_array_equal(kwargs["normalization"]["obs_max"], np.ones(4))
     assert list(tmp_path.iterdir()) == []  # nothing written to the run folder
+    assert cfg.wrappers["d3il_lowdim"]["normalization_path"] == wrappers["d3il_lowdim"]["normalization_path"]
     with pytest.raises(DataError, match="checkpoint carries no normalization"):
         env_config(cfg, tmp_path, None)
 

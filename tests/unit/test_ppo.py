@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from torch.distributions import Normal
 
 from agent.errors import ConfigError
+from agent.finetune.base import Experiment
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.ppo import (
     PPO,
@@ -336,11 +337,16 @@ def test_state_round_trip_restores_optimizers_and_schedulers():
     torch.testing.assert_close(dict(other.critic.state_dict()), dict(ppo.critic.state_dict()))
 
 
+def validate(cfg):
+    """PPO's checks as the fine-tuning loop runs them: build the blocks, then the cross-block checks."""
+    PPO.validate_config(Experiment.from_config(cfg, PPO))
+
+
 def ppo_cfg(**over):
     base = {
         "act_steps": 4,
         "horizon_steps": 4,
-        "env": {"n_envs": 4},
+        "env": {"name": "avoid_m1", "n_envs": 4},
         "train": {"n_steps": 5, "batch_size": 100, "update_epochs": 5},
         "model": {"ft_denoising_steps": 5, "critic": {"_target_": "x"}},
     }
@@ -362,14 +368,14 @@ def ppo_cfg(**over):
     ],
 )
 def test_validate_config(over, message):
-    PPO.validate_config(ppo_cfg())
+    validate(ppo_cfg())
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        PPO.validate_config(ppo_cfg(**over))
+        validate(ppo_cfg(**over))
 
 
 def test_batch_larger_than_the_rollout_is_one_minibatch_of_every_row():
     # a Gaussian policy (chain of length one) with train.batch_size=64 on 2 envs x 8 steps: 16 rows, all used once
-    PPO.validate_config(ppo_cfg(**{"train.batch_size": 10_000}))
+    validate(ppo_cfg(**{"train.batch_size": 10_000}))
     policy = make_gaussian()
     ppo = make_ppo(policy, batch_size=10_000)
     buf = filled_buffer(policy)
@@ -440,4 +446,4 @@ def test_update_chunk_rows_default_and_validation():
     assert make_ppo(policy).chunk_rows(torch.device("cuda")) is None  # the whole minibatch on a GPU
     assert make_ppo(policy, update_chunk_rows=100).chunk_rows(torch.device("cuda")) == 100
     with pytest.raises(ConfigError, match="train.update_chunk_rows must be an integer >= 1"):
-        PPO.validate_config(ppo_cfg(**{"train.update_chunk_rows": 0}))
+        validate(ppo_cfg(**{"train.update_chunk_rows": 0}))

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from agent.errors import ConfigError
+from agent.finetune.base import Experiment
 from agent.finetune.buffer import RolloutBuffer
 from agent.finetune.onpolicy import OnPolicyAgent
 from agent.finetune.ppo import PPO, PPOConfig
@@ -255,10 +256,10 @@ def test_grad_accumulate_must_be_positive():
         {
             "act_steps": TA,
             "horizon_steps": TA,
-            "env": {"n_envs": E},
+            "env": {"name": "avoid_m1", "n_envs": E},
             "train": {"n_steps": S, "batch_size": 4, "grad_accumulate": 0},
             "model": {"critic": {"_target_": "x"}},
         }
     )
     with pytest.raises(ConfigError, match="grad_accumulate"):
-        PPO.validate_config(cfg)
+        PPO.validate_config(Experiment.from_config(cfg, PPO))

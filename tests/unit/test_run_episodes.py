@@ -123,8 +123,6 @@ def test_success_rate_only_with_a_success_signal(threshold: float | None, report
     ],
 )
 def test_which_suites_have_a_success_signal(env_name: str, reports: bool):
-    from omegaconf import OmegaConf
-
     from agent.rollout import env_reports_success
 
-    assert env_reports_success(OmegaConf.create({"env": {"name": env_name}})) is reports
+    assert env_reports_success(env_name) is reports
