@@ -8,6 +8,7 @@ single PPO implementation serves all families.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import ClassVar, NamedTuple
 
 from torch import Tensor, nn
@@ -34,8 +35,9 @@ class Policy(nn.Module, ABC):
     mean "absent", so the algorithms never probe a policy by reflection:
 
     * ``ft_denoising_steps``: K', the denoising steps fine-tuning trains (diffusion); 0 for the other families.
-    * ``has_base_policy``: ``sample(use_base_policy=True)`` runs the frozen pretrained policy (diffusion keeps it
-      as ``network``); without it, PPO's behaviour-cloning term keeps a frozen copy of its own.
+    * ``has_base_policy``: ``sample(use_base_policy=True)`` runs the frozen pretrained policy (diffusion and flow
+      keep it as ``network``, ``load_base_state_dict`` loads it); without it, PPO's behaviour-cloning term keeps a
+      frozen copy of its own.
     * ``eta_parameters()``: the parameters of a learned DDIM noise scale (empty unless one is learned).
     * ``entropy(cond)``: an entropy bonus term, or None where the family has none.
     """
@@ -91,10 +93,36 @@ class Policy(nn.Module, ABC):
         """An entropy term for PPO's bonus, or None (the default: the family has none)."""
         return None
 
+    def load_base_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> None:
+        """Load pretrained weights (a pretraining checkpoint's EMA state dict). Families with a frozen base network
+        (``has_base_policy``) override this to load it and re-copy it into their trainable copy."""
+        self.load_state_dict(state_dict, strict=strict)
+
     def _no_base_policy(self, use_base_policy: bool) -> None:
         """Refuse ``use_base_policy`` in a family without a frozen base policy."""
         if use_base_policy:
             raise ValueError(f"{type(self).__name__} keeps no frozen base policy (use_base_policy=True)")
+
+
+def load_base_and_copy(
+    network: nn.Module, actor_ft: nn.Module | None, state_dict: Mapping[str, Tensor], strict: bool = True
+) -> None:
+    """Load pretrained weights into the frozen base ``network`` and re-copy them into ``actor_ft`` (if any).
+
+    Args:
+        network: the base network (frozen once a trainable copy exists).
+        actor_ft: its trainable copy, or None.
+        state_dict: a whole policy's state dict (keys ``network.*``; other keys are ignored) or the network's own.
+        strict: passed to ``network.load_state_dict``.
+    """
+    prefix = "network."
+    if any(key.startswith(prefix) for key in state_dict):
+        sd = {key[len(prefix) :]: v for key, v in state_dict.items() if key.startswith(prefix)}
+    else:
+        sd = dict(state_dict)
+    network.load_state_dict(sd, strict=strict)
+    if actor_ft is not None:
+        actor_ft.load_state_dict(network.state_dict())
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -104,4 +132,4 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-__all__ = ["Policy", "Sample", "freeze"]
+__all__ = ["Policy", "Sample", "freeze", "load_base_and_copy"]

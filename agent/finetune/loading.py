@@ -51,7 +51,8 @@ TUNABLE_NETWORK_KEYS = frozenset({"dropout", "std_min", "std_max", "learn_fixed_
 
 
 def is_diffusion(policy: Policy) -> bool:
-    """Whether `policy` is a diffusion policy (a frozen base denoiser and K' fine-tuned steps)."""
+    """Whether `policy` is a diffusion policy, whose noise schedule fixes `denoising_steps` (a flow policy may
+    integrate with another number of steps than it was pretrained with)."""
     return isinstance(policy, DiffusionModel)
 
 
@@ -276,20 +277,20 @@ def load_policy_weights(
         raise DataError(
             f"{path} holds non-finite weights ({bad[0]}): its run diverged; use an earlier checkpoint of that run"
         )
-    diffusion = is_diffusion(policy)
+    chain = policy.has_base_policy  # diffusion or flow: a frozen base network and K' fine-tuned steps
     if is_dppo_checkpoint(ckpt):
         ckpt = from_dppo_checkpoint(ckpt, policy, path)
-    check_compatible(ckpt, cfg, path, diffusion)
+    check_compatible(ckpt, cfg, path, is_diffusion(policy))
     kind = checkpoint_kind(ckpt)
     ours = policy.ft_denoising_steps
     if kind == "finetune":
         theirs = checkpoint_ft_steps(ckpt)
-        if diffusion and theirs != ours:
+        if chain and theirs != ours:
             raise ConfigError(
                 f"{path} is a fine-tuning checkpoint with ft_denoising_steps={theirs} but this config has "
                 f"ft_denoising_steps={ours}; set ft_denoising_steps={theirs} to use its fine-tuned weights"
             )
-        if diffusion:
+        if chain:
             state = ckpt["model"]
             if for_eval and isinstance(policy, DiffusionModel) and policy.eta is None:
                 # DDIM fine-tuning trains an eta (the exploration noise of its chain); evaluation samples
@@ -301,14 +302,14 @@ def load_policy_weights(
         return kind
     if "ema" not in ckpt:
         raise DataError(f"{path} is a pretraining checkpoint without EMA weights ('ema')")
-    if diffusion and for_eval and ours != 0:
+    if chain and for_eval and ours != 0:
         raise ConfigError(
             f"{path} is a pretraining checkpoint (no fine-tuned denoising steps) but this config has "
             f"ft_denoising_steps={ours}; set ft_denoising_steps=0 to evaluate it"
         )
-    if diffusion:
+    if chain:
         try:
-            cast(DiffusionModel, policy).load_base_state_dict(ckpt["ema"])  # `diffusion`: it is one
+            policy.load_base_state_dict(ckpt["ema"])
         except RuntimeError as exc:
             raise ConfigError(f"base_policy_path {path} does not fit this policy: {_shape_error(exc)}") from exc
     else:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -70,3 +72,31 @@ class SinusoidalPosEmb(nn.Module):
         """
         arg = t.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
         return torch.cat((arg.sin(), arg.cos()), dim=-1)
+
+
+def encode_cond(net: nn.Module, cond: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Run a denoiser's optional ``encode_cond`` (e.g. an image encoder) once, so that the K calls of a
+    denoising or integration loop (and the K' transitions of a chain) reuse its output instead of re-encoding every
+    time."""
+    encode = getattr(net, "encode_cond", None)
+    return cond if encode is None else encode(cond)
+
+
+def denoise_fn(net: nn.Module, cond: dict[str, Tensor], steps: Tensor) -> Callable[[Tensor, int], Tensor]:
+    """`(x, i) -> net(x, steps[i], cond)` for the i-th step of one reverse process (diffusion) or Euler integration
+    (flow), with the work that does not change along the chain done once: a network's `prepare_steps(cond, steps)`
+    (the state and time terms of the diffusion MLP's first layer) or its `encode_cond` (an image encoder).
+
+    Args:
+        net: the denoiser or velocity network.
+        cond: observation dict with batch size B.
+        steps: ``(N,)`` time of each step, or ``(N, 2)`` (time, step size) for a step-size-conditioned network.
+    """
+    b = cond["state"].shape[0]
+    prepare = getattr(net, "prepare_steps", None)
+    if prepare is not None:
+        context = prepare(cond, steps)
+        stepper: Any = net  # duck-typed: a network with `prepare_steps` also has `forward_step`
+        return lambda x, i: stepper.forward_step(x, i, context)
+    encoded = encode_cond(net, cond)
+    return lambda x, i: net(x, steps[i].expand(b, *steps.shape[1:]), encoded)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from model.base import Policy, Sample, freeze
+from model.base import Policy, Sample, freeze, load_base_and_copy
+from model.common.modules import denoise_fn, encode_cond
 from model.diffusion.schedule import (
     DDIM_SIGMA_FLOOR,
     cosine_beta_schedule,
@@ -39,28 +40,6 @@ DETERMINISTIC_DDPM_STD_FLOOR = 1e-3
 comparable with DPPO's, docs/algorithms.md#k2-deterministic-ddpm-noise); only the final step (t = 0) is noise-free."""
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def _encode_cond(net: nn.Module, cond: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Run a denoiser's optional ``encode_cond`` (e.g. an image encoder) once, so that the K calls of a
-    denoising loop (and the K' transitions of a chain) reuse its output instead of re-encoding every time."""
-    encode = getattr(net, "encode_cond", None)
-    return cond if encode is None else encode(cond)
-
-
-def _denoise_fn(net: nn.Module, cond: dict[str, Tensor], steps: Tensor) -> Callable[[Tensor, int], Tensor]:
-    """`(x, i) -> net(x, steps[i], cond)` for the i-th step of one reverse process, with the work that does not
-    change along the chain done once: a network's `prepare_steps(cond, steps)` (the state and time terms of the
-    diffusion MLP's first layer) or its `encode_cond` (an image encoder)."""
-    b = cond["state"].shape[0]
-    prepare = getattr(net, "prepare_steps", None)
-    if prepare is not None:
-        context = prepare(cond, steps)
-        stepper: Any = net  # duck-typed: a network with `prepare_steps` also has `forward_step`
-        return lambda x, i: stepper.forward_step(x, i, context)
-    encoded = _encode_cond(net, cond)
-    times = steps.view(-1, 1).expand(-1, b)
-    return lambda x, i: net(x, times[i], encoded)
 
 
 class _StepCoefs(NamedTuple):
@@ -343,14 +322,7 @@ class DiffusionModel(Policy):
                 or the denoiser's own state dict (no prefix).
             strict: passed to ``load_state_dict`` of the denoiser.
         """
-        prefix = "network."
-        if any(key.startswith(prefix) for key in state_dict):
-            sd = {key[len(prefix) :]: v for key, v in state_dict.items() if key.startswith(prefix)}
-        else:
-            sd = dict(state_dict)
-        self.network.load_state_dict(sd, strict=strict)
-        if self.actor_ft is not None:
-            self.actor_ft.load_state_dict(self.network.state_dict())
+        load_base_and_copy(self.network, self.actor_ft, state_dict, strict)
 
     def noised(self, actions: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Forward diffusion q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
@@ -459,8 +431,8 @@ class DiffusionModel(Policy):
         clip = self.denoised_clip_value
         # Steps i >= first_ft run actor_ft, the others the frozen network: one network pass per step.
         first_ft = n if self.actor_ft is None or use_base_policy else n - n_ft
-        base_fn = _denoise_fn(self.network, cond, self.step_t) if first_ft > 0 else None
-        ft_fn = _denoise_fn(self.actor_ft, cond, self.step_t) if first_ft < n and self.actor_ft is not None else None
+        base_fn = denoise_fn(self.network, cond, self.step_t) if first_ft > 0 else None
+        ft_fn = denoise_fn(self.actor_ft, cond, self.step_t) if first_ft < n and self.actor_ft is not None else None
         for i in range(n):
             step_fn = ft_fn if i >= first_ft else base_fn
             assert step_fn is not None  # ft_fn exists when first_ft < n, base_fn when first_ft > 0
@@ -516,7 +488,7 @@ class DiffusionModel(Policy):
             # Encode before repeating over the K' transitions: an image encoder then runs on B rows, not B*K'.
             flat_cond = {
                 key: v.unsqueeze(1).expand(b, n_ft, *v.shape[1:]).reshape(b * n_ft, *v.shape[1:])
-                for key, v in _encode_cond(net, cond).items()
+                for key, v in encode_cond(net, cond).items()
             }
             out = net(x_prev.reshape(b * n_ft, *chain.shape[2:]), ft.t.repeat(b), flat_cond)
             out = out.view_as(x_prev)

@@ -27,6 +27,9 @@ class DiffusionMLP(nn.Module):
         out_activation_type: activation after the output layer.
         use_layernorm: LayerNorm in the main MLP (inside the residual blocks when ``residual_style``).
         residual_style: use a ResidualMLP (``len(mlp_dims) - 1`` must be even) instead of a plain MLP.
+        step_size_conditioned: also condition on a step size d (shortcut flow policies, model/flow/shortcut.py):
+            ``time`` is then ``(B, 2)`` rows (t, d), and the time embedding is that of t plus a second embedding
+            of d of the same form.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class DiffusionMLP(nn.Module):
         out_activation_type: str = "Identity",
         use_layernorm: bool = False,
         residual_style: bool = False,
+        step_size_conditioned: bool = False,
     ) -> None:
         super().__init__()
         self.action_dim = action_dim
@@ -53,6 +57,15 @@ class DiffusionMLP(nn.Module):
             nn.Mish(),
             nn.Linear(time_dim * 2, time_dim),
         )
+        self.step_size_conditioned = step_size_conditioned
+        self.step_embedding: nn.Module | None = None
+        if step_size_conditioned:
+            self.step_embedding = nn.Sequential(
+                SinusoidalPosEmb(time_dim),
+                nn.Linear(time_dim, time_dim * 2),
+                nn.Mish(),
+                nn.Linear(time_dim * 2, time_dim),
+            )
         if cond_mlp_dims:
             self.cond_mlp: nn.Module | None = MLP(
                 [cond_dim, *cond_mlp_dims], activation_type=activation_type, out_activation_type="Identity"
@@ -99,7 +112,15 @@ class DiffusionMLP(nn.Module):
         first = cast(nn.Linear, self.mlp_mean.layers[0])  # both MLPs start with a Linear layer
         w_x, w_t, w_s = first.weight.split([self.action_dim * self.horizon_steps, self.time_dim, state.shape[1]], 1)
         rest = self.mlp_mean.layers[1:]
-        return w_x, F.linear(state, w_s, first.bias), F.linear(self.time_embedding(steps), w_t), rest
+        return w_x, F.linear(state, w_s, first.bias), F.linear(self.embed_time(steps), w_t), rest
+
+    def embed_time(self, time: Tensor) -> Tensor:
+        """``(N,)`` times (or ``(N, 2)`` rows (t, d) when ``step_size_conditioned``) -> ``(N, time_dim)``."""
+        if self.step_embedding is None:
+            return self.time_embedding(time)
+        if time.dim() != 2 or time.shape[1] != 2:
+            raise ValueError(f"a step-size-conditioned network takes (N, 2) rows (t, d), got {tuple(time.shape)}")
+        return self.time_embedding(time[:, 0]) + self.step_embedding(time[:, 1])
 
     def forward_step(self, x: Tensor, i: int, context: tuple[Tensor, Tensor, Tensor, nn.Module]) -> Tensor:
         """`forward(x, steps[i], cond)` from `prepare_steps(cond, steps)`. x: ``(B, Ta, Da)``; returns the same."""
@@ -113,7 +134,8 @@ class DiffusionMLP(nn.Module):
 
         Args:
             x: ``(B, Ta, Da)`` noisy action chunk.
-            time: ``(B,)`` integer denoising index.
+            time: ``(B,)`` denoising index (diffusion) or scaled flow time; ``(B, 2)`` (t, d) when
+                ``step_size_conditioned``.
             cond: dict with ``state`` ``(B, To, Do)``.
 
         Returns:
@@ -123,5 +145,5 @@ class DiffusionMLP(nn.Module):
         state = cond["state"].reshape(b, -1)
         if self.cond_mlp is not None:
             state = self.cond_mlp(state)
-        h = torch.cat((x.reshape(b, -1), self.time_embedding(time), state), dim=-1)
+        h = torch.cat((x.reshape(b, -1), self.embed_time(time), state), dim=-1)
         return self.mlp_mean(h).view(b, self.horizon_steps, self.action_dim)

@@ -30,6 +30,7 @@ import argparse
 import logging
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -105,9 +106,8 @@ def main() -> None:
         gflops = tuple(2 * 20000 * 512 * 512 / t / 1e9 for t in t_mm)
 
         # the plain in-process sync env (the env benchmark's "raw vector env"), whatever env.pipeline says
-        cfg_plain = agent.cfg.copy()
-        cfg_plain.env.pipeline = False
-        pipelined_env, env = env, make_env(cfg_plain, agent.logdir, None, agent.seed)
+        plain_env = replace(agent.exp.env, pipeline=False)
+        pipelined_env, env = env, make_env(plain_env, agent.logdir, None, agent.seed)
 
         # Same-machine comparison with the reference's known non-mathematical costs,
         # emulated on top of this repo's code and timed in the same rounds: sampling runs the frozen net as well on
@@ -138,7 +138,7 @@ def main() -> None:
 
         # Raw vector env (random actions) and rollouts through the agent (sampling + env + buffer) with the config's
         # env and with the plain one, in interleaved rounds; rollout / raw is the median of the per-round ratios.
-        raw_env = make_env(cfg_plain, agent.logdir, None, agent.seed)
+        raw_env = make_env(plain_env, agent.logdir, None, agent.seed)
         raw_env.reset(seed=0)
         actions = np.random.default_rng(0).uniform(-1, 1, (args.steps, n_envs, te, 3)).astype(np.float32)
         agent.n_steps = args.steps

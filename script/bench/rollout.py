@@ -28,6 +28,7 @@ import multiprocessing
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from omegaconf import OmegaConf
-
     from agent.rollout import make_env
 
     cores = args.cores or available_cores()
@@ -142,10 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             if name == "config":
                 envs[name] = agent.env
                 continue
-            cfg = agent.cfg.copy()
-            OmegaConf.set_struct(cfg, False)
-            cfg.env = OmegaConf.merge(cfg.env, SETUPS[name])
-            envs[name] = make_env(cfg, agent.logdir, agent.normalization, agent.seed)
+            setup = replace(agent.exp.env, **SETUPS[name])
+            envs[name] = make_env(setup, agent.logdir, agent.normalization, agent.seed)
         kinds = {name: describe(env) for name, env in envs.items()}
 
         def rollout(name: str) -> float:

@@ -119,7 +119,7 @@ def record(agent: BandStopPPO, n_transitions: int, seed: int, record_std: float 
     return raw states/actions/rewards/terminals of finished episodes."""
     from agent.rollout import make_env
 
-    env = make_env(agent.cfg, agent.logdir, None, seed)
+    env = make_env(agent.exp.env, agent.logdir, None, seed)
     agent.policy.eval()
     norm = agent.normalization
     n_envs = env.num_envs

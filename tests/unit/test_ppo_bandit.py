@@ -91,14 +91,15 @@ def write_demos(data_dir: Path, n: int = 2000, seed: int = 0) -> None:
 TASK = [f"env_name={BANDIT}", f"obs_dim={OBS_DIM}", f"action_dim={ACTION_DIM}", "device=cpu", "wandb=null"]
 DIFFUSION_NET = ["denoising_steps=10", "model.network.mlp_dims=[64,64,64]", "model.network.time_dim=8"]
 GAUSSIAN_NET = ["model.network.mlp_dims=[64,64]", "model.network.residual_style=false"]
+FLOW_NET = ["denoising_steps=2", "model.network.mlp_dims=[64,64,64]", "model.network.time_dim=8"]
+NETS = {"diffusion": DIFFUSION_NET, "gaussian": GAUSSIAN_NET, "reflow": FLOW_NET, "shortcut": FLOW_NET}
 
 
 def pretrain(policy: str, epochs: int = 20, extra: list[str] = ()) -> Path:
     """Pretrain on the demos with the real PretrainAgent and gym config; returns the run folder."""
     from agent.pretrain import PretrainAgent
 
-    name = "pre_diffusion_mlp" if policy == "diffusion" else "pre_gaussian_mlp"
-    net = DIFFUSION_NET if policy == "diffusion" else GAUSSIAN_NET
+    name, net = f"pre_{policy}_mlp", NETS[policy]
     cfg = compose(
         CFG_ROOT / "gym/pretrain/hopper-medium-v2",
         name,
@@ -142,6 +143,19 @@ def finetune_overrides(policy: str, base: Path, n_itr: int, extra: list[str] = (
         "train.reward_scale_running=false",
         "train.gamma=0.99",
     ]
+    if policy in ("reflow", "shortcut"):  # two noisy Euler steps, both fine-tuned
+        return [
+            *common,
+            *FLOW_NET,
+            "train.batch_size=256",
+            "train.actor_lr=1e-3",
+            "train.actor_lr_scheduler.min_lr=1e-3",
+            "train.ent_coef=0",
+            "model.clip_ploss_coef=0.1",
+            "model.clip_ploss_coef_base=0.1",
+            "model.gamma_denoising=0.9",
+            *extra,
+        ]
     if policy == "diffusion":
         return [
             *common,
@@ -169,8 +183,8 @@ def finetune_overrides(policy: str, base: Path, n_itr: int, extra: list[str] = (
 
 
 def finetune_config(policy: str, base: Path, n_itr: int, extra: list[str] = ()):
-    if policy == "diffusion":
-        folder, name = CFG_ROOT / "gym/finetune/hopper-v2", "ft_ppo_diffusion_mlp"
+    if policy != "gaussian":
+        folder, name = CFG_ROOT / "gym/finetune/hopper-v2", f"ft_ppo_{policy}_mlp"
     else:  # the gym Gaussian fine-tuning config is the scratch one (DPPO has no gym Gaussian fine-tuning)
         folder, name = CFG_ROOT / "gym/scratch/hopper-v2", "ppo_gaussian_mlp"
     return compose(folder, name, finetune_overrides(policy, base, n_itr, extra))
@@ -183,7 +197,7 @@ def mean_reward(rows: list[dict], first: bool) -> float:
     return float(np.mean(part))
 
 
-@pytest.mark.parametrize("policy", ["diffusion", "gaussian"])
+@pytest.mark.parametrize("policy", ["diffusion", "gaussian", "reflow", "shortcut"])
 def test_ppo_moves_policy_to_the_reward_optimum(policy: str, tmp_dirs: Path):
     """Within 20 iterations (about 10 s of CPU) the mean chunk reward rises from about -1.04 (the demonstrations)
     above -0.2, i.e. the sampled actions move most of the way to a* (seen: about -0.05 after 8 iterations)."""
@@ -205,3 +219,19 @@ def test_ppo_moves_policy_to_the_reward_optimum(policy: str, tmp_dirs: Path):
     evals = [r["eval/episode_return"] for r in rows if "eval/episode_return" in r]
     assert len(evals) == 2 and evals[0] < -0.8 and evals[1] > -0.2, evals
     assert elapsed < 90, f"fine-tuning took {elapsed:.0f} s"
+
+
+def test_flow_ppo_learns_only_through_its_update(tmp_dirs: Path):
+    """The reflow policy's rise comes from PPO's update: with the actor's learning rate at 0 (the critic still
+    learns) the same run stays at the demonstrations' reward."""
+    from agent.finetune.ppo import PPOAgent
+
+    torch.manual_seed(0)
+    write_demos(tmp_dirs / "data")
+    base = pretrain("reflow")
+    frozen = ["train.actor_lr=0", "train.actor_lr_scheduler.min_lr=0"]
+    agent = PPOAgent(finetune_config("reflow", base, n_itr=10, extra=frozen))
+    agent.run()
+    rows = read_metrics(agent.logdir)
+    before, after = mean_reward(rows, first=True), mean_reward(rows, first=False)
+    assert before < -0.8 and after < -0.8, f"no update, yet the reward moved: {before:.3f} -> {after:.3f}"

@@ -1,0 +1,289 @@
+"""Rectified-flow policy: flow-matching pretraining, Euler sampling, and a noisy chain that PPO can score.
+
+Conventions (docs/algorithms.md#flow-policies):
+
+* Noise at t = 0, data at t = 1: x_t = t a + (1 - t) z with z ~ N(0, I); the network predicts the velocity
+  v(x_t, t, s) whose target is a - z.
+* Sampling integrates K = ``denoising_steps`` Euler steps on the grid t_i = i / K (i = 0..K-1), x <- x + v / K,
+  each step's result clamped to +-``denoised_clip_value``. (ReinFlow samples at linspace(0, 1, K), a different grid
+  from the one its log-probabilities use; here both use i / K.)
+* With K' = ``ft_denoising_steps`` > 0 the module holds ``network`` (the frozen pretrained velocity) and
+  ``actor_ft`` (its trainable copy), which runs the last K' steps. Each of those steps is a Gaussian transition:
+  x_{i+1} = m_i + sigma_i xi with m_i the clamped Euler step, sigma_i from the ``noise`` module (at least
+  ``min_sampling_denoising_std``) and xi ~ N(0, I) clamped to +-``randn_clip_value``. The chain
+  ``(B, K'+1, Ta, Da)`` is the input of the first fine-tuned step followed by the outputs of all of them, so
+  ``chain[:, k] -> chain[:, k+1]`` is fine-tuned step k, as for the diffusion policy, and the same PPO serves both.
+* Deterministic sampling (evaluation) adds no noise: it is the pretrained ODE sampler with the fine-tuned velocity.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from model.base import Policy, Sample, freeze, load_base_and_copy
+from model.common.modules import denoise_fn, encode_cond
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_HALF_LOG_2PIE = 0.5 * math.log(2.0 * math.pi * math.e)
+TIME_SAMPLING = ("uniform", "beta")
+
+
+class FlowModel(Policy):
+    """Rectified-flow (1-ReFlow) policy over action chunks ``(B, Ta, Da)`` conditioned on an observation dict.
+
+    Args:
+        network: velocity net ``f(x (B, Ta, Da), time (B,), cond) -> (B, Ta, Da)``; the diffusion denoisers serve
+            (DiffusionMLP, Unet1D, the pixel variants), with ``time = t * time_scale``.
+        horizon_steps: Ta.
+        obs_dim: Do (kept for configs and checks).
+        action_dim: Da.
+        denoising_steps: K, the Euler steps of sampling (the diffusion name, so that configs read alike).
+        time_sampling: how pretraining draws t: ``uniform`` on [0, 1), or ``beta``: t = 0.999 (1 - u) with
+            u ~ Beta(1.5, 1), which favours the noisy end.
+        time_scale: the network sees t * time_scale (100 spreads the sinusoidal embedding as diffusion's step
+            indices do).
+        denoised_clip_value: clamp each Euler step's result to +-this value (None: no clamp).
+        final_action_clip_value: clamp the final sample to +-this value (None: no clamp).
+        randn_clip_value: clamp the fine-tuned steps' noise xi to +-this value (None: no clamp).
+        ft_denoising_steps: K', the last Euler steps that fine-tuning trains and makes stochastic (0: none).
+        noise: the std of the fine-tuned steps (``model.flow.noise.FlowNoise`` with K' steps); required when
+            K' > 0.
+        min_sampling_denoising_std: std floor of stochastic sampling.
+        min_logprob_denoising_std: std floor of ``chain_log_prob``.
+    """
+
+    has_base_policy = True  # the frozen pretrained velocity is `network` (sample(use_base_policy=True))
+
+    def __init__(
+        self,
+        network: nn.Module,
+        horizon_steps: int,
+        obs_dim: int,
+        action_dim: int,
+        denoising_steps: int = 4,
+        time_sampling: str = "uniform",
+        time_scale: float = 100.0,
+        denoised_clip_value: float | None = 1.0,
+        final_action_clip_value: float | None = 1.0,
+        randn_clip_value: float | None = 3.0,
+        ft_denoising_steps: int = 0,
+        noise: nn.Module | None = None,
+        min_sampling_denoising_std: float = 0.0,
+        min_logprob_denoising_std: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if horizon_steps < 1 or action_dim < 1:
+            raise ValueError(f"horizon_steps and action_dim must be >= 1, got {horizon_steps}, {action_dim}")
+        if denoising_steps < 1:
+            raise ValueError(f"denoising_steps (Euler steps) must be >= 1, got {denoising_steps}")
+        if not 0 <= ft_denoising_steps <= denoising_steps:
+            raise ValueError(
+                f"ft_denoising_steps={ft_denoising_steps} must be in [0, denoising_steps={denoising_steps}]"
+            )
+        if time_sampling not in TIME_SAMPLING:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLING}, got {time_sampling!r}")
+        if ft_denoising_steps > 0 and noise is None:
+            raise ValueError("ft_denoising_steps > 0 needs a noise module (model.noise: model.flow.noise.FlowNoise)")
+        if randn_clip_value is not None and randn_clip_value < 0:
+            raise ValueError(f"randn_clip_value must be >= 0 or None, got {randn_clip_value}")
+        if min_sampling_denoising_std < 0 or min_logprob_denoising_std < 0:
+            raise ValueError("min_sampling_denoising_std and min_logprob_denoising_std must be >= 0")
+        self.horizon_steps = int(horizon_steps)
+        self.obs_dim = int(obs_dim)
+        self.action_dim = int(action_dim)
+        self.denoising_steps = int(denoising_steps)
+        self.time_sampling = time_sampling
+        self.time_scale = float(time_scale)
+        self.denoised_clip_value = denoised_clip_value
+        self.final_action_clip_value = final_action_clip_value
+        self.randn_clip_value = randn_clip_value
+        self.ft_denoising_steps = int(ft_denoising_steps)
+        self.min_sampling_denoising_std = float(min_sampling_denoising_std)
+        self.min_logprob_denoising_std = float(min_logprob_denoising_std)
+
+        self.network = network
+        if self.ft_denoising_steps > 0:
+            self.actor_ft: nn.Module | None = copy.deepcopy(network)
+            freeze(self.network)
+        else:
+            self.actor_ft = None
+        self.noise = noise if self.ft_denoising_steps > 0 else None
+
+    # --------------------------------------------------------------------------------------------------------
+    # the protocol
+
+    @property
+    def n_chain_steps(self) -> int:
+        """K', the number of scored transitions per chain."""
+        return self.ft_denoising_steps
+
+    @property
+    def trainable_network(self) -> nn.Module:
+        """The velocity fine-tuning trains: ``actor_ft`` when K' > 0, else ``network``."""
+        return self.actor_ft if self.actor_ft is not None else self.network
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The trainable velocity and the noise module (trained with the actor's optimiser)."""
+        params = list(self.trainable_network.parameters())
+        if self.noise is not None:
+            params += list(self.noise.parameters())
+        return params
+
+    def load_base_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> None:
+        """Load pretrained velocity weights into ``network`` and re-copy them into ``actor_ft``; the noise module
+        keeps its initial values (pretraining has none)."""
+        load_base_and_copy(self.network, self.actor_ft, state_dict, strict)
+
+    def step_times(self, device: torch.device) -> Tensor:
+        """``(K,)`` network time input of Euler step i: (i / K) * time_scale."""
+        k = self.denoising_steps
+        return torch.arange(k, device=device, dtype=torch.float32) * (self.time_scale / k)
+
+    def interpolate(self, actions: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """x_t = t a + (1 - t) z for rows of t ``(B,)``; actions and noise ``(B, Ta, Da)``."""
+        t = t.view(-1, 1, 1)
+        return t * actions + (1.0 - t) * noise
+
+    def sample_time(self, b: int, device: torch.device) -> Tensor:
+        """``(B,)`` pretraining times t in [0, 1) (``time_sampling``)."""
+        if self.time_sampling == "beta":
+            u = torch.distributions.Beta(1.5, 1.0).sample((b,)).to(device)
+            return 0.999 * (1.0 - u)
+        return torch.rand(b, device=device)
+
+    def loss_per_sample(self, actions: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """Flow-matching loss of each sample: mean over (Ta, Da) of (v(x_t, t, s) - (a - z))^2, t from
+        ``sample_time``. Returns ``(B,)``."""
+        b = actions.shape[0]
+        z = torch.randn_like(actions)
+        t = self.sample_time(b, actions.device)
+        pred = self.trainable_network(self.interpolate(actions, z, t), t * self.time_scale, cond)
+        return (pred - (actions - z)).square().mean(dim=(1, 2))
+
+    def loss(self, actions: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """Behaviour-cloning loss: the flow-matching MSE over all B * Ta * Da elements (scalar)."""
+        return self.loss_per_sample(actions, cond).mean()
+
+    def sample(
+        self,
+        cond: dict[str, Tensor],
+        deterministic: bool = False,
+        return_chain: bool = False,
+        use_base_policy: bool = False,
+    ) -> Sample:
+        """Integrate K Euler steps from x ~ N(0, I); the last K' are noisy unless ``deterministic``.
+
+        Args:
+            cond: observation dict, ``state`` ``(B, To, Do)``.
+            deterministic: no noise at any step (the ODE sampler).
+            return_chain: also return the chain ``(B, K'+1, Ta, Da)``.
+            use_base_policy: run the frozen ``network`` at every step (still with the fine-tuned steps' noise).
+
+        Returns:
+            Sample(actions ``(B, Ta, Da)``, chain ``(B, K'+1, Ta, Da)`` or None).
+        """
+        state = cond["state"]
+        b, device = state.shape[0], state.device
+        k, k_ft = self.denoising_steps, self.ft_denoising_steps
+        x = torch.randn(b, self.horizon_steps, self.action_dim, device=device)
+        times = self.step_times(device)
+        first_ft = k - k_ft
+        base_fn = denoise_fn(self.network, cond, times) if first_ft > 0 or use_base_policy else None
+        ft_fn = denoise_fn(self.actor_ft, cond, times) if k_ft > 0 and self.actor_ft is not None else None
+        chain = [x] if return_chain and first_ft == 0 else []
+        for i in range(k):
+            fine_tuned = i >= first_ft
+            step_fn = base_fn if (use_base_policy or not fine_tuned) else ft_fn
+            assert step_fn is not None
+            x = self._euler(x, step_fn(x, i))
+            if fine_tuned and not deterministic:
+                x = x + self._sampling_std(state, i - first_ft) * self._clipped_randn(x)
+            if i == k - 1 and self.final_action_clip_value is not None:
+                x = x.clamp(-self.final_action_clip_value, self.final_action_clip_value)
+            if return_chain and i >= first_ft - 1:
+                chain.append(x)
+        return Sample(actions=x, chain=torch.stack(chain, dim=1) if return_chain else None)
+
+    def chain_log_prob(self, cond: dict[str, Tensor], chain: Tensor, step: Tensor | None = None) -> Tensor:
+        """Element-wise log-density of the fine-tuned transitions under ``actor_ft`` and the noise module.
+
+        ``log N(chain[:, k+1]; m_k(chain[:, k]), max(sigma_k, min_logprob_denoising_std))`` with m_k the clamped
+        Euler step of fine-tuned step k.
+
+        Args:
+            cond: observation dict with batch size B.
+            chain: ``(B, K'+1, Ta, Da)``.
+            step: optional ``(B,)`` long; row b scores only transition ``step[b]`` in [0, K').
+
+        Returns:
+            ``(B, K', Ta, Da)`` when ``step`` is None, else ``(B, Ta, Da)``.
+        """
+        k_ft = self.ft_denoising_steps
+        b = chain.shape[0]
+        if chain.dim() != 4 or chain.shape[1] != k_ft + 1:
+            raise ValueError(f"chain must be (B, K'+1={k_ft + 1}, Ta, Da), got {tuple(chain.shape)}")
+        if k_ft == 0:
+            if step is not None:
+                raise ValueError("chain_log_prob(step=...) needs ft_denoising_steps > 0 (there is nothing to score)")
+            return chain.new_zeros(b, 0, *chain.shape[2:])
+        net = self.trainable_network
+        times = self.step_times(chain.device)[self.denoising_steps - k_ft :]  # (K',)
+        state = cond["state"]
+        if step is None:
+            steps = torch.arange(k_ft, device=chain.device).repeat(b)  # row-major over (B, K')
+            rows = {key: v.repeat_interleave(k_ft, dim=0) for key, v in encode_cond(net, cond).items()}
+            x_prev = chain[:, :-1].reshape(b * k_ft, *chain.shape[2:])
+            x_next = chain[:, 1:].reshape(b * k_ft, *chain.shape[2:])
+            state_rows = state.repeat_interleave(k_ft, dim=0)
+        else:
+            steps = step
+            rows = cond
+            idx = torch.arange(b, device=chain.device)
+            x_prev, x_next = chain[idx, step], chain[idx, step + 1]
+            state_rows = state
+        mean = self._euler(x_prev, net(x_prev, times[steps], rows))
+        std = self._std(state_rows, steps).clamp(min=self.min_logprob_denoising_std)
+        lp = -0.5 * ((x_next - mean) / std).square() - std.log() - _HALF_LOG_2PI
+        return lp.view(b, k_ft, *chain.shape[2:]) if step is None else lp
+
+    def entropy(self, cond: dict[str, Tensor]) -> Tensor | None:
+        """Mean Gaussian entropy per element of the fine-tuned steps' noise, ``(B,)`` (None when K' = 0): the
+        noise module's gradient toward exploration under PPO's entropy bonus."""
+        if self.noise is None:
+            return None
+        state = cond["state"]
+        b, k_ft = state.shape[0], self.ft_denoising_steps
+        steps = torch.arange(k_ft, device=state.device).repeat(b)
+        std = self._std(state.repeat_interleave(k_ft, dim=0), steps)  # (B K', 1, Da)
+        return (_HALF_LOG_2PIE + std.log()).view(b, -1).mean(dim=1)
+
+    # --------------------------------------------------------------------------------------------------------
+    # internals
+
+    def _euler(self, x: Tensor, velocity: Tensor) -> Tensor:
+        """One Euler step x + v / K, clamped to +-denoised_clip_value."""
+        x = x + velocity / self.denoising_steps
+        clip = self.denoised_clip_value
+        return x if clip is None else x.clamp(-clip, clip)
+
+    def _std(self, state: Tensor, steps: Tensor) -> Tensor:
+        """The noise module's std ``(B, 1, Da)`` for fine-tuned steps ``steps`` ``(B,)``."""
+        assert self.noise is not None  # K' > 0
+        return self.noise(state, steps)
+
+    def _sampling_std(self, state: Tensor, k: int) -> Tensor:
+        steps = torch.full((state.shape[0],), k, dtype=torch.long, device=state.device)
+        return self._std(state, steps).clamp(min=self.min_sampling_denoising_std)
+
+    def _clipped_randn(self, like: Tensor) -> Tensor:
+        xi = torch.randn_like(like)
+        clip = self.randn_clip_value
+        return xi if clip is None else xi.clamp(-clip, clip)
+
+
+__all__ = ["FlowModel", "TIME_SAMPLING"]
