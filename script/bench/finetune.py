@@ -15,6 +15,10 @@ Measures, with the real `cfg/gym/finetune/hopper-v2/ft_ppo_diffusion_mlp` config
   on minibatches of `--batch` rows (50,000, the paper's);
 * one full iteration at the paper's settings (500 steps per env, 200,000 rows, 5 epochs = 20 minibatches):
   extrapolated from the measured rates, or measured with `--full`;
+* the flow policy beside it (unless `--no-flow`): one training iteration (rollout + update) of
+  `ft_ppo_reflow_mlp` (K = K' = 4) and of `ft_ppo_diffusion_mlp` (K = 20, K' = 10), each at its config's shapes
+  (40 envs, `--flow-steps` chunks per env, so the same env steps; minibatches scaled so each epoch has the paper's
+  4), timed in interleaved rounds; the ratio is the median of the per-round ratios;
 * with `--emulate-reference`, the same three measurements with the reference's known extra work (the
   frozen net also run on fine-tuned steps, two actor passes per scored row, a critic pass per row, a Python loop
   over the minibatch) added on top of this code and timed in the same interleaved rounds, for a same-machine
@@ -49,6 +53,7 @@ from script.bench.inputs import unit_stats, write_normalization  # noqa: E402
 from script.bench.timing import Clock, interleaved_rounds, paired  # noqa: E402
 
 FT_DIR, FT_NAME = CFG_ROOT / "gym/finetune/hopper-v2", "ft_ppo_diffusion_mlp"
+FLOW_NAME, FLOW_PRE_NAME = "ft_ppo_reflow_mlp", "pre_reflow_mlp"
 PRE_DIR, PRE_NAME = CFG_ROOT / "gym/pretrain/hopper-medium-v2", "pre_diffusion_mlp"
 REFERENCE = {"chunks": 3000.0, "update": 22000.0, "logprob": 73000.0, "iteration_s": 60.0}
 
@@ -66,6 +71,39 @@ def write_base_checkpoint(
     return save_checkpoint(folder / "checkpoint" / "state_1.pt", payload)
 
 
+def family_iterations(tmp: Path, device: str, steps: int, repeats: int) -> dict[str, np.ndarray]:
+    """(wall, cpu) seconds ``(repeats, 2)`` of one training iteration (rollout + GAE + PPO update, no KL stop) of the
+    diffusion and the reflow hopper configs, from untrained base checkpoints, `steps` chunks per env each, with
+    minibatches of a quarter of the rollout's rows (the paper's 4 per epoch)."""
+    from agent.finetune.ppo import PPOAgent
+
+    norm = write_normalization(tmp / "data", 11, 3)
+    agents = {}
+    for label, ft_name, pre_name, k_ft in (
+        ("diffusion", FT_NAME, PRE_NAME, 10),
+        ("reflow", FLOW_NAME, FLOW_PRE_NAME, 4),
+    ):
+        base = write_base_checkpoint(tmp / f"pre_{label}", PRE_DIR, pre_name)
+        overrides = [
+            f"device={device}",
+            "wandb=null",
+            f"log_dir={tmp}/log_{label}",
+            f"base_policy_path={base}",
+            f"normalization_path={norm}",
+            f"train.n_steps={steps}",
+            f"train.batch_size={steps * 40 * k_ft // 4}",
+            "train.target_kl=null",
+        ]
+        agents[label] = PPOAgent(compose(FT_DIR, ft_name, overrides))
+    try:
+        return interleaved_rounds(
+            {label: agent.train_iteration for label, agent in agents.items()}, repeats, agents["reflow"].device
+        )
+    finally:
+        for agent in agents.values():
+            agent.env.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -77,6 +115,8 @@ def main() -> None:
     parser.add_argument(
         "--emulate-reference", action="store_true", help="also time the reference's extra work, emulated here"
     )
+    parser.add_argument("--no-flow", action="store_true", help="skip the flow-vs-diffusion iteration comparison")
+    parser.add_argument("--flow-steps", type=int, default=100, help="chunks per env in that comparison")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -229,6 +269,7 @@ def main() -> None:
         env.close()
         pipelined = isinstance(pipelined_env, PipelinedVectorEnv)
         pipelined_env.close()
+        families = None if args.no_flow else family_iterations(Path(tmp), args.device, args.flow_steps, args.repeats)
 
     threads = torch.get_num_threads()
     print(f"\nDPPO fine-tuning, hopper shapes (E=40, K=20, K'=10, MLP 512x3), device {device}, {threads} torch threads")
@@ -269,6 +310,13 @@ def main() -> None:
         "(iteration: 80k env steps, 200k rows old-log-prob pass, 5 epochs x 4 minibatches of 50k rows; "
         "for the iteration the last column is reference / this repo, i.e. the speed-up)"
     )
+    if families is not None:
+        ratio = paired(families["reflow"][:, 0], families["diffusion"][:, 0])
+        steps = args.flow_steps * 40 * te
+        print(f"\nflow beside diffusion: one training iteration at each config's shapes, {steps:,} env steps each")
+        row("  diffusion (ft_ppo_diffusion_mlp, K=20, K'=10), s", tuple(np.median(families["diffusion"], 0)), None)
+        row("  reflow (ft_ppo_reflow_mlp, K=K'=4), s", tuple(np.median(families["reflow"], 0)), None)
+        print(f"{'  reflow / diffusion (goal <= 0.3; paired rounds)':50s} {ratio:>10.2f}")
 
 
 if __name__ == "__main__":
