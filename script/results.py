@@ -5,6 +5,7 @@ makes itself, with the CPU presets (`*_cpu` configs).
     python script/results.py --tasks avoid_m2 --seeds 1 --budget-min 5
     python script/results.py --budget-min 60 --seeds 3      # the headline runs (resume across sessions)
     python script/results.py --baselines                    # also DQL, QSM, DIPO, IDQL, RWR, AWR
+    python script/results.py --flow                         # also PPO on a rectified-flow policy
 
 For each task: generate data -> pretrain a diffusion and a Gaussian policy -> evaluate both -> fine-tune the
 diffusion policy with DPPO for `--budget-min` minutes of wall time, and the Gaussian one (and the baselines) with
@@ -57,7 +58,7 @@ class Method:
 
     key: str  # stage names and summaries: ft_<key>_s<seed>
     label: str  # the table's name
-    family: str  # "diffusion" | "gaussian": the pretrained policy it fine-tunes
+    family: str  # a key of FAMILIES: the pretrained policy it fine-tunes
     finetune: str  # finetune config name (cfg/<suite>/finetune/<ft_env>/<name>.yaml)
     reference: bool = False  # the method whose wall-time budget sets everyone's env-step budget
 
@@ -85,6 +86,7 @@ class Task:
 FAMILIES = {
     "diffusion": Family("pre_diffusion_mlp_cpu", "eval_diffusion_mlp"),
     "gaussian": Family("pre_gaussian_mlp_cpu", "eval_gaussian_mlp"),
+    "reflow": Family("pre_reflow_mlp_cpu", "eval_reflow_mlp"),
 }
 METHODS = [
     Method("dppo", "DPPO", "diffusion", "ft_ppo_diffusion_mlp_cpu", reference=True),
@@ -93,6 +95,14 @@ METHODS = [
 BASELINES = [
     Method(algo, algo.upper(), "diffusion", f"ft_{algo}_diffusion_mlp") for algo in ("dql", "qsm", "dipo", "idql")
 ] + [Method(algo, algo.upper(), "diffusion", f"ft_{algo}_diffusion_mlp") for algo in ("rwr", "awr")]
+
+FLOW = [Method("reflow_ppo", "ReFlow PPO", "reflow", "ft_ppo_reflow_mlp_cpu")]
+
+
+def chosen_methods(args: argparse.Namespace) -> list[Method]:
+    """DPPO and Gaussian PPO, plus the baselines (`--baselines`) and the flow policy (`--flow`)."""
+    return METHODS + (BASELINES if args.baselines else []) + (FLOW if getattr(args, "flow", False) else [])
+
 
 GEN = "script/dataset"
 TASKS: dict[str, Task] = {
@@ -165,7 +175,7 @@ class Pipeline:
         self.data_dir = self.work / "data"
         self.log_dir = self.work / "log"
         self.stages: dict[str, Stage] = {}
-        methods = METHODS + (BASELINES if args.baselines else [])
+        methods = chosen_methods(args)
         for task in args.tasks:
             self._add_task(task, methods)
 
@@ -198,6 +208,8 @@ class Pipeline:
         for family_name, family in FAMILIES.items():
             if not any(m.family == family_name for m in methods):
                 continue
+            if not (CFG_ROOT / task.suite / "pretrain" / task.data_env / f"{family.pretrain}.yaml").is_file():
+                continue  # no CPU preset of this family for the task: its methods are left out below
             rundir = self.log_dir / name / f"pretrain_{family_name}"
             self._add(
                 Stage(
@@ -224,7 +236,7 @@ class Pipeline:
                 )
         for method in methods:
             config = CFG_ROOT / task.suite / "finetune" / task.ft_env / f"{method.finetune}.yaml"
-            if not config.is_file():
+            if not config.is_file() or f"{name}/pretrain_{method.family}" not in self.stages:
                 continue  # e.g. no baseline configs for the Avoid task (DPPO has none either)
             for seed in range(self.args.seeds):
                 stage_name = f"ft_{method.key}_s{seed}"
@@ -723,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds 0..N-1 (default 1)")
     parser.add_argument("--budget-min", type=float, default=15.0, help="DPPO's wall-time minutes per fine-tuning run")
     parser.add_argument("--baselines", action="store_true", help="also DQL, QSM, DIPO, IDQL, RWR and AWR")
+    parser.add_argument("--flow", action="store_true", help="also PPO on a rectified-flow policy (ReFlow PPO)")
     parser.add_argument("--device", default="cpu", help="device of every run: cpu (default), cuda, cuda:N")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="stages at once (default: cores)")
     parser.add_argument("--out", type=Path, default=REPO / "results", help="results folder (default results/)")
@@ -731,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.budget_min <= 0 or args.jobs < 1:
         parser.error("--seeds and --jobs must be >= 1 and --budget-min > 0")
-    methods = METHODS + (BASELINES if args.baselines else [])
+    methods = chosen_methods(args)
     start = time.perf_counter()
     code = 0
     if not args.report_only:
