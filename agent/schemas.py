@@ -381,6 +381,27 @@ class DQLTrain(ReplayTrain):
 
 
 @dataclass
+class FQLTrain(ReplayTrain):
+    """`train` block of flow Q-learning (docs/algorithms.md#fql).
+
+    Attributes:
+        alpha: weight of the distillation loss of the one-step actor toward the flow's samples.
+        normalize_q_loss: divide the Q term by the detached mean |Q| (independent of the reward scale).
+        target_ema_rate: Polyak rate of the target critic.
+        replay_ratio: see ReplayTrain.
+    """
+
+    alpha: float = 3.0
+    normalize_q_loss: bool = True
+    target_ema_rate: float | None = 0.005
+    replay_ratio: float = 16.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.alpha >= 0, f"train.alpha must be >= 0, got {self.alpha}")
+
+
+@dataclass
 class QSMTrain(ReplayTrain):
     """`train` block of Q-score matching (docs/algorithms.md#qsm).
 
@@ -640,6 +661,7 @@ SCHEMAS: dict[str, type] = {
     "lr_scheduler": LrScheduler,
     "ppo_train": PPOTrain,
     "dql_train": DQLTrain,
+    "fql_train": FQLTrain,
     "qsm_train": QSMTrain,
     "dipo_train": DIPOTrain,
     "idql_train": IDQLTrain,
@@ -708,6 +730,7 @@ __all__ = [
     "ActorCriticTrain",
     "DIPOTrain",
     "DQLTrain",
+    "FQLTrain",
     "Ema",
     "FinetuneTrain",
     "OnPolicyTrain",

@@ -38,6 +38,7 @@ DOCUMENTED = [
     schemas.PPOTrain,
     schemas.ReplayTrain,
     schemas.DQLTrain,
+    schemas.FQLTrain,
     schemas.QSMTrain,
     schemas.DIPOTrain,
     schemas.IDQLTrain,

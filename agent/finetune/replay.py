@@ -176,6 +176,8 @@ class ActorCriticAlgorithm(ReplayAlgorithm):
         config: shared replay hyper-parameters.
         optim: {actor, critic} -> (lr, weight_decay, lr_scheduler block or None).
         targets: names of critics that get a frozen target copy `modules[<name>_target]` (Polyak-averaged).
+        actor_modules: name -> module trained with the policy by the `actor` optimiser (FQL's one-step actor),
+            stored in `modules[name]`.
     """
 
     policy: DiffusionModel  # the diffusion baselines fine-tune a whole diffusion policy (check_baseline_config)
@@ -187,10 +189,14 @@ class ActorCriticAlgorithm(ReplayAlgorithm):
         config: ReplayConfig,
         optim: Mapping[str, OptimSettings],
         targets: Iterable[str] = (),
+        actor_modules: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__(policy)
         self.cfg = config
         self.actor_params = list(policy.trainable_parameters())
+        for name, module in (actor_modules or {}).items():
+            self.modules[name] = module
+            self.actor_params += list(module.parameters())
         self.optimizers["actor"], self.schedulers["actor"] = make_optimizer(self.actor_params, *optim["actor"])
         targets = set(targets)
         for name, critic in critics.items():

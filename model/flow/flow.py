@@ -209,6 +209,22 @@ class FlowModel(Policy):
                 chain.append(x)
         return Sample(actions=x, chain=torch.stack(chain, dim=1) if return_chain else None)
 
+    def integrate(self, cond: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The deterministic sampler from a given start: K Euler steps of the trainable velocity (``actor_ft`` on
+        the last K' steps, ``network`` before) from x ``(B, Ta, Da)``, clamped as ``sample``. Differentiable (no
+        ``no_grad`` here)."""
+        k, first_ft = self.denoising_steps, self.denoising_steps - self.ft_denoising_steps
+        times = self.step_times(x.device)
+        base_fn = denoise_fn(self.network, cond, times) if first_ft > 0 else None
+        ft_fn = denoise_fn(self.actor_ft, cond, times) if self.actor_ft is not None else None
+        for i in range(k):
+            step_fn = ft_fn if i >= first_ft else base_fn
+            assert step_fn is not None
+            x = self._euler(x, step_fn(x, i))
+        if self.final_action_clip_value is not None:
+            x = x.clamp(-self.final_action_clip_value, self.final_action_clip_value)
+        return x
+
     def chain_log_prob(self, cond: dict[str, Tensor], chain: Tensor, step: Tensor | None = None) -> Tensor:
         """Element-wise log-density of the fine-tuned transitions under ``actor_ft`` and the noise module.
 

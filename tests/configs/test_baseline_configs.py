@@ -1,7 +1,8 @@
-"""Every diffusion-baseline config (DQL, QSM, DIPO, IDQL, RWR, AWR) exists under DPPO's name, carries DPPO's
-values, matches its pretraining config, rejects impossible settings with one clear line, and
-runs two tiny iterations on CPU from a generated pretraining checkpoint (robomimic: slow, robosuite envs take
-seconds to build). Suites whose extra is not installed are skipped."""
+"""Every diffusion-baseline config (DQL, QSM, DIPO, IDQL, RWR, AWR) exists under DPPO's name and carries DPPO's
+values; every one of them and every flow Q-learning config (FQL, not in DPPO) matches its pretraining config,
+rejects impossible settings with one clear line, and runs two tiny iterations on CPU from a generated pretraining
+checkpoint (robomimic: slow, robosuite envs take seconds to build). Suites whose extra is not installed are
+skipped."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ ROBOMIMIC_TASKS = ("lift", "can", "square", "transport")
 CONFIGS = [CFG_ROOT / "gym/finetune" / t / f"ft_{a}_diffusion_mlp.yaml" for t in GYM_TASKS for a in ALGOS] + [
     CFG_ROOT / "robomimic/finetune" / t / f"ft_{a}_diffusion_mlp.yaml" for t in ROBOMIMIC_TASKS for a in ALGOS
 ]
+# flow Q-learning on the flow policy (not in DPPO): the same checks
+CONFIGS += [
+    CFG_ROOT / s / "finetune" / t / "ft_fql_reflow_mlp.yaml"
+    for s, ts in (("gym", GYM_TASKS), ("robomimic", ROBOMIMIC_TASKS))
+    for t in ts
+]
 AGENTS = {
     "dql": "agent.finetune.dql.DQLAgent",
     "qsm": "agent.finetune.qsm.QSMAgent",
@@ -36,6 +43,7 @@ AGENTS = {
     "idql": "agent.finetune.idql.IDQLAgent",
     "rwr": "agent.finetune.rwr.RWRAgent",
     "awr": "agent.finetune.awr.AWRAgent",
+    "fql": "agent.finetune.fql.FQLAgent",
 }
 
 
@@ -223,6 +231,7 @@ MODULES = {
     "idql": {"critic_q", "critic_q_target", "critic_v"},
     "awr": {"critic"},
     "rwr": set(),
+    "fql": {"critic", "critic_target", "actor_onestep"},
 }
 
 
