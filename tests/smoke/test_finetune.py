@@ -119,6 +119,25 @@ def test_resume_continues_at_the_same_iteration_with_identical_optimizer_state(b
     assert load_checkpoint(latest_checkpoint(agent.logdir))["itr"] == 3
 
 
+def test_a_flow_run_resumes_where_it_stopped(tmp_dirs: Path):
+    """Checkpoint and resume need nothing flow-specific: the noise network and the optimiser state come back."""
+    from agent.finetune.ppo import PPOAgent
+
+    torch.manual_seed(0)
+    write_demos(tmp_dirs / "data")
+    flow_base = pretrain("reflow", epochs=2)
+    first = PPOAgent(finetune_config("reflow", flow_base, 2, ["train.save_model_freq=1"]))
+    first.run()
+    ckpt_path = checkpoint_path(first.logdir, 1)
+    ckpt = load_checkpoint(ckpt_path)
+    assert any(k.startswith("noise.") for k in ckpt["model"])
+    agent = PPOAgent(finetune_config("reflow", flow_base, 3, ["train.save_model_freq=1", f"resume={ckpt_path}"]))
+    assert agent.itr == 1
+    torch.testing.assert_close(agent.policy.state_dict(), ckpt["model"])
+    agent.run()
+    assert [r["step"] for r in read_metrics(agent.logdir) if "train/reward_mean" in r] == [2, 3]
+
+
 def test_resume_true_restores_the_reward_scaler(base: Path):
     from agent.finetune.ppo import PPOAgent
 

@@ -184,3 +184,18 @@ def test_shortcut_on_a_straight_flow_keeps_the_velocity_and_one_step_lands():
 def test_shortcut_needs_a_power_of_two_of_steps():
     with pytest.raises(ValueError, match="power of two"):
         ShortcutFlowModel(Velocity(lambda x, t, d: x), horizon_steps=1, obs_dim=2, action_dim=1, max_denoising_steps=96)
+
+
+def test_a_unet_velocity_serves_the_flow_policy_and_its_chain():
+    from model.diffusion.unet import Unet1D
+
+    torch.manual_seed(0)
+    net = Unet1D(action_dim=2, cond_dim=3, diffusion_step_embed_dim=8, dim=8, dim_mults=(1, 2), horizon_steps=4)
+    noise = FlowNoise(cond_dim=3, action_dim=2, n_steps=2)
+    model = FlowModel(net, 4, 3, 2, denoising_steps=2, ft_denoising_steps=2, noise=noise)
+    cond = {"state": torch.randn(5, 1, 3)}
+    assert torch.isfinite(model.loss(torch.rand(5, 4, 2) * 2 - 1, cond))
+    sample = model.sample(cond, return_chain=True)
+    assert sample.actions.shape == (5, 4, 2) and sample.chain.shape == (5, 3, 4, 2)
+    lp = model.chain_log_prob(cond, sample.chain)
+    assert lp.shape == (5, 2, 4, 2) and torch.isfinite(lp).all()
