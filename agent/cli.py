@@ -19,6 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from agent.config import CFG_ROOT, register_resolvers, register_search_path
+from agent.dppo_keys import translate_dppo_overrides
 from agent.errors import UserError
 
 
@@ -162,7 +163,7 @@ def cli() -> None:
     stop_on_sigterm()
     register_resolvers()
     register_search_path()
-    sys.argv[1:] = promote_appends(resolve_config_dir(sys.argv[1:]))
+    sys.argv[1:] = promote_appends(translate_dppo_overrides(resolve_config_dir(sys.argv[1:])))
     try:
         preflight(sys.argv[1:])
     except UserError as exc:

@@ -166,3 +166,56 @@ def test_an_append_of_a_key_the_schema_declares_becomes_an_override():
     ]
     assert promote_appends(argv) == [*argv[:2], "++env.step_timeout=3", *argv[3:]]
     assert promote_appends(argv[2:]) == argv[2:]  # no config named: left to preflight
+
+
+def test_dppo_keys_are_renamed_or_dropped_with_a_note():
+    """DPPO's `model.actor.*` (the fine-tuned network) and `model.network_path` map onto this toolkit's keys; keys
+    with no effect here are dropped, each named once."""
+    import io
+
+    from agent.config import compose
+    from agent.dppo_keys import translate_dppo_overrides
+
+    argv = [
+        "--config-name=ft_ppo_diffusion_mlp",
+        "model.actor.mlp_dims=[256,256]",
+        "++model.network_path=/ckpt/state_10.pt",
+        "train.render.freq=1",
+        "train.render.num=2",
+        "model.device=cuda:0",
+        "seed=3",
+    ]
+    notes = io.StringIO()
+    out = translate_dppo_overrides(argv, notes)
+    assert out == [argv[0], "model.network.mlp_dims=[256,256]", "++base_policy_path=/ckpt/state_10.pt", "seed=3"]
+    lines = notes.getvalue().splitlines()
+    assert len(lines) == 2 and "train.render.freq=1" in lines[0] and "model.device=cuda:0" in lines[1]
+    cfg = compose(REPO / "cfg/gym/finetune/hopper-v2", "ft_ppo_diffusion_mlp", ["wandb=null", *out[1:]])
+    assert list(cfg.model.network.mlp_dims) == [256, 256] and cfg.base_policy_path == "/ckpt/state_10.pt"
+    # keys both share need no translation, e.g. robomimic's env_meta file and DPPO's image-observation flag
+    meta = ["robomimic_env_cfg_path=cfg/robomimic/env_meta/can.json", "env.use_image_obs=false", "wandb=null"]
+    cfg = compose(REPO / "cfg/robomimic/finetune/can", "ft_ppo_diffusion_mlp", meta)
+    assert cfg.robomimic_env_cfg_path.endswith("can.json") and cfg.env.use_image_obs is False
+
+
+def test_dppo_keys_from_the_command_line(tmp_path):
+    """The same through `script/run.py`: the composed config shows the fine-tuned network's new widths."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "script/run.py",
+            "--config-name=ft_ppo_diffusion_mlp",
+            "--config-dir=cfg/gym/finetune/hopper-v2",
+            "model.actor.mlp_dims=[256,256]",
+            "train.render.num=0",
+            "env.save_video=false",
+            "--cfg",
+            "job",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DPPO_LOG_DIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "mlp_dims:\n    - 256\n    - 256\n" in done.stdout and "note: ignoring train.render.num=0" in done.stderr
