@@ -21,6 +21,7 @@ from agent.logger import read_metrics
 from tests.configs.test_finetune_configs import (
     pretrain_config_of,
     skip_unless_suite_available,
+    write_normalization,
     write_pretrain_checkpoint,
 )
 
@@ -30,6 +31,8 @@ ROBOMIMIC_TASKS = ("lift", "can", "square", "transport")
 CONFIGS = [CFG_ROOT / "gym/finetune" / t / f"ft_{a}_diffusion_mlp.yaml" for t in GYM_TASKS for a in ALGOS] + [
     CFG_ROOT / "robomimic/finetune" / t / f"ft_{a}_diffusion_mlp.yaml" for t in ROBOMIMIC_TASKS for a in ALGOS
 ]
+# the baselines from scratch (DPPO's gym/scratch/hopper-v2 files: no pretrained policy)
+CONFIGS += [CFG_ROOT / "gym/scratch/hopper-v2" / f"{a}_diffusion_mlp.yaml" for a in ALGOS]
 # flow Q-learning on the flow policy (not in DPPO): the same checks
 CONFIGS += [
     CFG_ROOT / s / "finetune" / t / "ft_fql_reflow_mlp.yaml"
@@ -48,7 +51,7 @@ AGENTS = {
 
 
 def algo_of(path: Path) -> str:
-    return path.stem.split("_")[1]
+    return path.stem.split("_")[0 if path.parts[-3] == "scratch" else 1]
 
 
 def params(paths: list[Path], slow_suites: tuple[str, ...] = ()) -> list:
@@ -172,6 +175,9 @@ def test_baseline_config_matches_its_pretraining_config(path: Path, tmp_dirs: Pa
     assert cfg._target_ == AGENTS[algo_of(path)]
     assert cfg.env.name == cfg.env_name and cfg.ft_denoising_steps == 0 and cfg.model.ft_denoising_steps == 0
     assert cfg.horizon_steps == cfg.act_steps
+    if cfg.base_policy_path is None:  # from scratch
+        assert path.parts[-3] == "scratch" and (cfg.horizon_steps, cfg.denoising_steps, cfg.env.n_envs) == (1, 10, 10)
+        return
     pre = pretrain_config_of(cfg)
     OmegaConf.resolve(pre)
     assert Path(cfg.base_policy_path).name == pre.name, "default base_policy_path must be the pretraining run folder"
@@ -240,10 +246,17 @@ def test_baseline_config_runs_two_iterations(path: Path, tmp_dirs: Path):
     algo = algo_of(path)
     probe = load(path)
     skip_unless_suite_available(probe.env_name)
-    ckpt = write_pretrain_checkpoint(tmp_dirs / "pre" / "checkpoint" / "state_1.pt", pretrain_config_of(probe))
     overrides = [*TINY, *([] if algo == "rwr" else TINY_REPLAY), *TINY_ALGO.get(algo, [])]
+    if probe.base_policy_path is None:  # from scratch: the env still normalises with the dataset's statistics
+        write_normalization(Path(probe.normalization_path), probe.obs_dim, probe.action_dim)
+        if algo == "rwr":  # single-step chunks: 2-step episodes end twice in 4 chunks
+            overrides.append("env.max_episode_steps=2")
+    else:
+        pre = pretrain_config_of(probe)
+        ckpt = write_pretrain_checkpoint(tmp_dirs / "pre" / "checkpoint" / "state_1.pt", pre)
+        overrides.append(f"base_policy_path={ckpt.parent.parent}")
     start = time.perf_counter()
-    cfg = compose(path.parent, path.stem, [*overrides, f"base_policy_path={ckpt.parent.parent}"])
+    cfg = compose(path.parent, path.stem, overrides)
     agent = agent_of(cfg)(cfg)
     agent.run()
     elapsed = time.perf_counter() - start

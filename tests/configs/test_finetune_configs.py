@@ -62,12 +62,17 @@ def pixel_overrides(cfg: DictConfig) -> list[str]:
 
 
 def pretrain_config_of(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
-    """The pretraining config whose checkpoint this config starts from (cfg/<suite>/pretrain/<task>/pre_<policy>)."""
+    """The pretraining config whose run this config starts from: the one in cfg/<suite>/pretrain/<task>/ named
+    pre_<policy>[<variant>] (e.g. pre_diffusion_mlp_ta1_ph) whose run name is this config's `pretrain_name`."""
     folder = CFG_ROOT / cfg.suite / "pretrain" / cfg.env_name
-    assert (folder / f"pre_{cfg.policy_name}.yaml").is_file(), (
-        f"no pretraining config pre_{cfg.policy_name} in {folder}"
-    )
-    return compose(folder, f"pre_{cfg.policy_name}", ["wandb=null", *(overrides or [])])
+    base = folder / f"pre_{cfg.policy_name}.yaml"
+    assert base.is_file(), f"no pretraining config pre_{cfg.policy_name} in {folder}"
+    want = OmegaConf.select(cfg, "pretrain_name", default=None)
+    for path in [base, *sorted(folder.glob(f"pre_{cfg.policy_name}_*.yaml"))]:
+        pre = compose(folder, path.stem, ["wandb=null", *(overrides or [])])
+        if want is None or pre.name == want:
+            return pre
+    raise AssertionError(f"no pretraining config in {folder} names its run {want}")
 
 
 def identity_normalization(obs_dim: int, action_dim: int) -> dict[str, np.ndarray]:

@@ -113,3 +113,26 @@ def test_missing_data_message_names_commands_that_exist_for_this_task(path: Path
         accepted = _accepted_tasks(Path(script).name)
         if task and accepted is not None:
             assert task.group(1) in accepted, f"{script} does not accept --task {task.group(1)} (hint: {hint})"
+
+
+def test_dppo_variant_configs_exist():
+    """DPPO's experiment variants at DPPO's paths: single-action chunks (_ta1), proficient-human data (_ph), the
+    diffusion baselines from scratch, Franka Kitchen's Gaussian pretraining and its evaluation."""
+    expected = [
+        "gym/finetune/halfcheetah-v2/ft_ppo_diffusion_mlp_ta1",
+        "gym/eval/kitchen-v0/eval_diffusion_mlp",
+        *(f"gym/pretrain/kitchen-{t}-v0/pre_gaussian_mlp" for t in ("complete", "mixed", "partial")),
+        *(f"gym/scratch/hopper-v2/{a}_diffusion_mlp" for a in ("dql", "qsm", "dipo", "idql", "rwr", "awr")),
+    ]
+    for task in ("can", "square"):
+        expected += [
+            f"robomimic/pretrain/{task}/pre_diffusion_mlp_ta1",
+            f"robomimic/pretrain/{task}/pre_diffusion_mlp_ta1_ph",
+            f"robomimic/pretrain/{task}/pre_gaussian_mlp_ta1_ph",
+            f"robomimic/finetune/{task}/ft_ppo_diffusion_mlp_ta1",
+            f"robomimic/finetune/{task}/ft_ppo_diffusion_mlp_ta1_ph",
+        ]
+    missing = [name for name in expected if not (CFG_ROOT / f"{name}.yaml").is_file()]
+    assert not missing, missing
+    ph = compose(CFG_ROOT / "robomimic/pretrain/can", "pre_gaussian_mlp_ta1_ph", ["wandb=null"])
+    assert ph.train_dataset_path.endswith("robomimic/can-ph/train.npz") and ph.horizon_steps == 1
