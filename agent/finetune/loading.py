@@ -39,6 +39,7 @@ from model.base import Policy
 from model.common.critic import CriticObs
 from model.common.mlp import MLP, ResidualBlock
 from model.diffusion.diffusion import DiffusionModel
+from model.diffusion.unet import ConvBlock1D, ResidualBlock1D, Unet1D
 from model.gaussian.mlp import GaussianMLP
 from model.gmm.mlp import GMMMLP
 
@@ -332,13 +333,16 @@ def load_policy_weights(
 #   Gaussian, learned std (GaussianMLP)  mean_head / logvar_head           mlp_mean / mlp_logvar .moduleList.0.linear_1
 #   Gaussian/GMM learned fixed std    std.logvar  (GMM: (M, Da))            logvar  (GMM: flat (M * Da,))
 #   GMM mixture logits (GMMMLP)       mlp_logits                            mlp_weights
+#   UNet residual block (ResidualBlock1D)  conv1, conv2                     blocks.0, blocks.1
+#   UNet conv block (ConvBlock1D)     block.<j> (Conv1d, GroupNorm at 1)    block.<j> (GroupNorm at 2)
+#   UNet down/up-sampling (Unet1D)    <down|up>_modules.<i>.2 (bare conv)   <down|up>_modules.<i>.2.conv
 #   state critic (CriticObs)          mlp                                   Q1
 #   Q critic (CriticObsAct)           Q1, Q2                                Q1, Q2
 #
 # The table of names is generated from the module the weights go into (`dppo_key_map`), so every option that
 # changes our flat layer indices (LayerNorm, dropout, Identity activations) is accounted for. DPPO's
 # `logvar_min`/`logvar_max` are dropped: here the std bounds always come from the config
-# (docs/algorithms.md#d7-gaussian-std-bounds, model/gaussian/mlp.py). Other networks (UNet, transformers, pixel
+# (docs/algorithms.md#d7-gaussian-std-bounds, model/gaussian/mlp.py). Other networks (transformers, pixel
 # encoders) keep their names and therefore load only if DPPO's names happen to be ours; otherwise the keys are
 # reported as unmatched.
 
@@ -347,6 +351,7 @@ _DPPO_CHILD_NAMES: dict[type, dict[str, str]] = {
     GaussianMLP: {"mean_head": "mlp_mean.moduleList.0.linear_1", "logvar_head": "mlp_logvar.moduleList.0.linear_1"},
     GMMMLP: {"mlp_logits": "mlp_weights"},
     CriticObs: {"mlp": "Q1"},
+    ResidualBlock1D: {"conv1": "blocks.0", "conv2": "blocks.1"},
 }
 # Children whose tensors DPPO keeps on the parent: the Gaussian/GMM StateIndependentStd (std.logvar -> logvar).
 _MERGED_CHILDREN = frozenset({"std"})
@@ -389,6 +394,21 @@ def _add_dppo_names(module: nn.Module, ours: str, theirs: str, out: dict[str, st
             name = f"{'l' if kind is nn.Linear else 'norm'}{counts[kind]}"
             _add_dppo_names(child, f"{ours}layers.{j}.", f"{theirs}{name}.", out)
         return
+    if isinstance(module, ConvBlock1D):  # Conv1d [GroupNorm] act -> DPPO's GroupNorm sits at index 2
+        for j, child in enumerate(module.block):
+            k = 2 if isinstance(child, nn.GroupNorm) else j
+            _add_dppo_names(child, f"{ours}block.{j}.", f"{theirs}block.{k}.", out)
+        return
+    if isinstance(module, Unet1D):  # DPPO wraps each down/up-sampling conv as `.conv`
+        for name, child in module.named_children():
+            if name not in ("down_modules", "up_modules"):
+                _add_dppo_names(child, f"{ours}{name}.", f"{theirs}{name}.", out)
+                continue
+            for i, level in enumerate(cast(nn.ModuleList, child)):
+                for j, part in enumerate(cast(nn.ModuleList, level)):
+                    wrap = ".conv" if isinstance(part, nn.Conv1d | nn.ConvTranspose1d) else ""
+                    _add_dppo_names(part, f"{ours}{name}.{i}.{j}.", f"{theirs}{name}.{i}.{j}{wrap}.", out)
+        return
     renames = _DPPO_CHILD_NAMES.get(type(module), {})
     for name, child in module.named_children():
         if name in _MERGED_CHILDREN:
@@ -427,7 +447,7 @@ def is_dppo_checkpoint(ckpt: Mapping[str, Any]) -> bool:
 def _unmatched_error(path: Path, keys: list[str]) -> ConfigError:
     shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
     return ConfigError(
-        f"{path} is a DPPO checkpoint whose keys do not map onto this policy: {shown}; only MLP-based diffusion, "
+        f"{path} is a DPPO checkpoint whose keys do not map onto this policy: {shown}; only MLP and UNet diffusion, "
         "Gaussian and GMM networks (and their critics) are translated, so check model.network against the "
         "policy that wrote it"
     )

@@ -171,6 +171,34 @@ def test_dppo_diffusion_pretrain_checkpoint_for_finetuning_and_eval(variant: str
         load_policy_weights(policy, ckpt, cfg, path, for_eval=True)
 
 
+def unet_rule(key: str) -> str:
+    """Our UNet names -> DPPO's: a residual block's conv1/conv2 are its blocks.0/blocks.1, a conv block's GroupNorm
+    sits at index 2 (index 1 here), and the down/up-sampling convs are wrapped as `.conv`."""
+    key = re.sub(r"\.conv([12])\.", lambda m: f".blocks.{int(m.group(1)) - 1}.", key)
+    key = re.sub(r"\.block\.1\.", ".block.2.", key)
+    return re.sub(r"((?:down|up)_modules\.\d+\.2)\.(weight|bias)$", r"\1.conv.\2", key)
+
+
+def test_dppo_unet_pretrain_checkpoint_evaluates(tmp_path: Path) -> None:
+    """A DPPO UNet pretraining checkpoint (robomimic can) loads into eval_diffusion_unet, every tensor in place; a
+    few of DPPO's names are spelt out as the reference writes them."""
+    cfg, policy = build(("robomimic/eval/can", "eval_diffusion_unet"))
+    names = set(dppo_key_map(policy).values())
+    for name in (
+        "network.mid_modules.0.blocks.1.block.2.weight",
+        "network.down_modules.0.2.conv.weight",
+        "network.up_modules.0.2.conv.bias",
+        "network.final_conv.0.block.2.bias",
+        "network.down_modules.0.0.cond_encoder.0.weight",
+    ):
+        assert name in names, name
+    ema = dppo_state(policy.state_dict(), unet_rule, seed=3)
+    path = tmp_path / "state_8000.pt"
+    torch.save({"epoch": 8000, "model": dppo_state(policy.state_dict(), unet_rule, seed=4), "ema": ema}, path)
+    assert load_policy_weights(policy, load_checkpoint(path), cfg, path, for_eval=True) == "pretrain"
+    assert_landed(policy, ema, unet_rule, "network", "network")
+
+
 def test_dppo_gaussian_pretrain_checkpoint(tmp_path: Path) -> None:
     cfg, policy = build((AVOID_FT, "ft_ppo_gaussian_mlp"))  # residual, learned fixed std
     ema = dppo_state(policy.state_dict(), gaussian_rule, seed=2)
