@@ -38,10 +38,13 @@ from agent.schemas import RunKeys
 from model.base import Policy
 from model.common.critic import CriticObs
 from model.common.mlp import MLP, ResidualBlock
+from model.common.transformer import ObsToChunkTransformer
 from model.diffusion.diffusion import DiffusionModel
 from model.diffusion.unet import ConvBlock1D, ResidualBlock1D, Unet1D
 from model.gaussian.mlp import GaussianMLP
+from model.gaussian.transformer import GaussianTransformer
 from model.gmm.mlp import GMMMLP
+from model.gmm.transformer import GMMTransformer
 
 log = logging.getLogger(__name__)
 
@@ -336,14 +339,16 @@ def load_policy_weights(
 #   UNet residual block (ResidualBlock1D)  conv1, conv2                     blocks.0, blocks.1
 #   UNet conv block (ConvBlock1D)     block.<j> (Conv1d, GroupNorm at 1)    block.<j> (GroupNorm at 2)
 #   UNet down/up-sampling (Unet1D)    <down|up>_modules.<i>.2 (bare conv)   <down|up>_modules.<i>.2.conv
+#   Gaussian/GMM transformer          trunk, head (GMM: logits_head)        transformer, transformer.head (modes_head)
+#   transformer trunk                 cond_emb, query_pos_emb, final_norm   cond_obs_emb, pos_emb, ln_f
 #   state critic (CriticObs)          mlp                                   Q1
 #   Q critic (CriticObsAct)           Q1, Q2                                Q1, Q2
 #
 # The table of names is generated from the module the weights go into (`dppo_key_map`), so every option that
 # changes our flat layer indices (LayerNorm, dropout, Identity activations) is accounted for. DPPO's
 # `logvar_min`/`logvar_max` are dropped: here the std bounds always come from the config
-# (docs/algorithms.md#d7-gaussian-std-bounds, model/gaussian/mlp.py). Other networks (transformers, pixel
-# encoders) keep their names and therefore load only if DPPO's names happen to be ours; otherwise the keys are
+# (docs/algorithms.md#d7-gaussian-std-bounds, model/gaussian/mlp.py). Other networks (pixel encoders) keep their
+# names and therefore load only if DPPO's names happen to be ours; otherwise the keys are
 # reported as unmatched.
 
 # Children renamed on the way to DPPO's names (per class of the parent module).
@@ -352,7 +357,12 @@ _DPPO_CHILD_NAMES: dict[type, dict[str, str]] = {
     GMMMLP: {"mlp_logits": "mlp_weights"},
     CriticObs: {"mlp": "Q1"},
     ResidualBlock1D: {"conv1": "blocks.0", "conv2": "blocks.1"},
+    GaussianTransformer: {"trunk": "transformer", "head": "transformer.head"},
+    GMMTransformer: {"trunk": "transformer", "head": "transformer.head", "logits_head": "modes_head"},
+    ObsToChunkTransformer: {"cond_emb": "cond_obs_emb", "final_norm": "ln_f"},
 }
+# Tensors registered on a module itself, renamed (per class of the module).
+_DPPO_OWN_NAMES: dict[type, dict[str, str]] = {ObsToChunkTransformer: {"query_pos_emb": "pos_emb"}}
 # Children whose tensors DPPO keeps on the parent: the Gaussian/GMM StateIndependentStd (std.logvar -> logvar).
 _MERGED_CHILDREN = frozenset({"std"})
 # Key segments only DPPO's modules have, used to recognise its checkpoints.
@@ -370,8 +380,9 @@ def _own_tensor_names(module: nn.Module) -> list[str]:
 
 
 def _add_dppo_names(module: nn.Module, ours: str, theirs: str, out: dict[str, str]) -> None:
+    own = _DPPO_OWN_NAMES.get(type(module), {})
     for name in _own_tensor_names(module):
-        out[ours + name] = theirs + name
+        out[ours + name] = theirs + own.get(name, name)
     if isinstance(module, MLP):  # flat Sequential -> moduleList.<layer>.{linear_1, norm_1}
         layer = -1
         for j, child in enumerate(module.layers):
@@ -447,9 +458,9 @@ def is_dppo_checkpoint(ckpt: Mapping[str, Any]) -> bool:
 def _unmatched_error(path: Path, keys: list[str]) -> ConfigError:
     shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
     return ConfigError(
-        f"{path} is a DPPO checkpoint whose keys do not map onto this policy: {shown}; only MLP and UNet diffusion, "
-        "Gaussian and GMM networks (and their critics) are translated, so check model.network against the "
-        "policy that wrote it"
+        f"{path} is a DPPO checkpoint whose keys do not map onto this policy: {shown}; MLP and UNet diffusion, MLP "
+        "and transformer Gaussian and GMM networks (and their critics) are translated, so check model.network "
+        "against the policy that wrote it"
     )
 
 

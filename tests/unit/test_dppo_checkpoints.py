@@ -199,6 +199,37 @@ def test_dppo_unet_pretrain_checkpoint_evaluates(tmp_path: Path) -> None:
     assert_landed(policy, ema, unet_rule, "network", "network")
 
 
+def transformer_rule(key: str) -> str:
+    """Our Gaussian/GMM transformer names -> DPPO's: the trunk is `transformer` (cond_obs_emb, pos_emb, ln_f), the
+    output head lives inside it, the GMM's mode logits are `modes_head` and a learned std is the parent's `logvar`."""
+    for ours, theirs in (
+        ("network.trunk.", "network.transformer."),
+        (".cond_emb.", ".cond_obs_emb."),
+        ("query_pos_emb", "pos_emb"),
+        (".final_norm.", ".ln_f."),
+        ("network.head.", "network.transformer.head."),
+        ("logits_head.", "modes_head."),
+        ("std.logvar", "logvar"),
+    ):
+        key = key.replace(ours, theirs)
+    return key
+
+
+@pytest.mark.parametrize("family", ["gaussian", "gmm"])
+def test_dppo_transformer_pretrain_checkpoint(family: str, tmp_path: Path) -> None:
+    cfg, policy = build(("robomimic/finetune/can", f"ft_ppo_{family}_transformer"))
+    names = set(dppo_key_map(policy).values())
+    expected = {"network.transformer.pos_emb", "network.transformer.ln_f.weight", "network.transformer.head.bias"}
+    expected |= {"network.transformer.cond_obs_emb.weight", "network.transformer.decoder.layers.0.norm1.weight"}
+    assert expected <= names
+    assert ("network.modes_head.weight" in names) == (family == "gmm")
+    ema = dppo_state(policy.state_dict(), transformer_rule, seed=5)
+    path = tmp_path / "state_3000.pt"
+    torch.save({"epoch": 3000, "model": ema, "ema": ema}, path)
+    assert load_policy_weights(policy, load_checkpoint(path), cfg, path) == "pretrain"
+    assert_landed(policy, ema, transformer_rule, "network", "network")
+
+
 def test_dppo_gaussian_pretrain_checkpoint(tmp_path: Path) -> None:
     cfg, policy = build((AVOID_FT, "ft_ppo_gaussian_mlp"))  # residual, learned fixed std
     ema = dppo_state(policy.state_dict(), gaussian_rule, seed=2)
