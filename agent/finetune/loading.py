@@ -41,6 +41,8 @@ from model.common.mlp import MLP, ResidualBlock
 from model.common.transformer import ObsToChunkTransformer
 from model.diffusion.diffusion import DiffusionModel
 from model.diffusion.unet import ConvBlock1D, ResidualBlock1D, Unet1D
+from model.diffusion.vision import VisionDenoiser
+from model.encoder.vit import PatchEmbed, SelfAttention, TransformerLayer, ViT, ViTEncoder
 from model.gaussian.mlp import GaussianMLP
 from model.gaussian.transformer import GaussianTransformer
 from model.gmm.mlp import GMMMLP
@@ -341,14 +343,19 @@ def load_policy_weights(
 #   UNet down/up-sampling (Unet1D)    <down|up>_modules.<i>.2 (bare conv)   <down|up>_modules.<i>.2.conv
 #   Gaussian/GMM transformer          trunk, head (GMM: logits_head)        transformer, transformer.head (modes_head)
 #   transformer trunk                 cond_emb, query_pos_emb, final_norm   cond_obs_emb, pos_emb, ln_f
+#   pixel denoiser (VisionDenoiser)   encoder.trunk, encoder.compress.<i>,  backbone.vit, compress (one camera) or
+#                                     denoiser.<rest>                       compress<i+1>, <rest> (on the policy net)
+#   ViT (ViT, TransformerLayer)       layers.<i>.{norm1, attn.qkv, attn.out, net.<i>.{layer_norm1, mha.qkv_proj,
+#                                     norm2, mlp.0, mlp.2}, patch_embed.proj  mha.out_proj, layer_norm2, linear1,
+#                                                                           linear2}, patch_embed.embed
 #   state critic (CriticObs)          mlp                                   Q1
 #   Q critic (CriticObsAct)           Q1, Q2                                Q1, Q2
 #
 # The table of names is generated from the module the weights go into (`dppo_key_map`), so every option that
 # changes our flat layer indices (LayerNorm, dropout, Identity activations) is accounted for. DPPO's
 # `logvar_min`/`logvar_max` are dropped: here the std bounds always come from the config
-# (docs/algorithms.md#d7-gaussian-std-bounds, model/gaussian/mlp.py). Other networks (pixel encoders) keep their
-# names and therefore load only if DPPO's names happen to be ours; otherwise the keys are
+# (docs/algorithms.md#d7-gaussian-std-bounds, model/gaussian/mlp.py). Other networks (the Gaussian pixel policy, the
+# pixel critics) keep their names and therefore load only if DPPO's names happen to be ours; otherwise the keys are
 # reported as unmatched.
 
 # Children renamed on the way to DPPO's names (per class of the parent module).
@@ -360,6 +367,10 @@ _DPPO_CHILD_NAMES: dict[type, dict[str, str]] = {
     GaussianTransformer: {"trunk": "transformer", "head": "transformer.head"},
     GMMTransformer: {"trunk": "transformer", "head": "transformer.head", "logits_head": "modes_head"},
     ObsToChunkTransformer: {"cond_emb": "cond_obs_emb", "final_norm": "ln_f"},
+    VisionDenoiser: {"encoder": "", "denoiser": ""},  # DPPO's VisionDiffusionMLP holds both on itself
+    ViT: {"layers": "net"},
+    TransformerLayer: {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn": "mha"},
+    SelfAttention: {"qkv": "qkv_proj", "out": "out_proj"},
 }
 # Tensors registered on a module itself, renamed (per class of the module).
 _DPPO_OWN_NAMES: dict[type, dict[str, str]] = {ObsToChunkTransformer: {"query_pos_emb": "pos_emb"}}
@@ -410,6 +421,28 @@ def _add_dppo_names(module: nn.Module, ours: str, theirs: str, out: dict[str, st
             k = 2 if isinstance(child, nn.GroupNorm) else j
             _add_dppo_names(child, f"{ours}block.{j}.", f"{theirs}block.{k}.", out)
         return
+    if isinstance(module, ViTEncoder):  # trunk -> backbone.vit; one compression head per camera
+        _add_dppo_names(module.trunk, f"{ours}trunk.", f"{theirs}backbone.vit.", out)
+        heads = list(module.compress)
+        for i, head in enumerate(heads):
+            name = "compress" if len(heads) == 1 else f"compress{i + 1}"
+            _add_dppo_names(head, f"{ours}compress.{i}.", f"{theirs}{name}.", out)
+        return
+    if isinstance(module, PatchEmbed):  # DPPO keeps an Identity where the optional GroupNorm is left out
+        shift = 0 if any(isinstance(m, nn.GroupNorm) for m in module.proj) else 1
+        for j, child in enumerate(module.proj):
+            _add_dppo_names(child, f"{ours}proj.{j}.", f"{theirs}embed.{j + shift if j else 0}.", out)
+        return
+    if isinstance(module, TransformerLayer):  # its MLP's two Linear layers are linear1, linear2
+        for name, child in module.named_children():
+            if name == "mlp":
+                linears = [(j, m) for j, m in enumerate(cast(nn.Sequential, child)) if isinstance(m, nn.Linear)]
+                for n, (j, linear) in enumerate(linears, start=1):
+                    _add_dppo_names(linear, f"{ours}mlp.{j}.", f"{theirs}linear{n}.", out)
+            else:
+                renamed = _DPPO_CHILD_NAMES[TransformerLayer].get(name, name)
+                _add_dppo_names(child, f"{ours}{name}.", f"{theirs}{renamed}.", out)
+        return
     if isinstance(module, Unet1D):  # DPPO wraps each down/up-sampling conv as `.conv`
         for name, child in module.named_children():
             if name not in ("down_modules", "up_modules"):
@@ -422,7 +455,7 @@ def _add_dppo_names(module: nn.Module, ours: str, theirs: str, out: dict[str, st
         return
     renames = _DPPO_CHILD_NAMES.get(type(module), {})
     for name, child in module.named_children():
-        if name in _MERGED_CHILDREN:
+        if name in _MERGED_CHILDREN or renames.get(name) == "":
             target = theirs
         else:
             target = f"{theirs}{renames.get(name, name)}."

@@ -230,6 +230,49 @@ def test_dppo_transformer_pretrain_checkpoint(family: str, tmp_path: Path) -> No
     assert_landed(policy, ema, transformer_rule, "network", "network")
 
 
+def vit_rule(key: str) -> str:
+    """Our pixel diffusion policy (one camera) -> DPPO's VisionDiffusionMLP names: the MLP's tensors sit on the
+    network itself (residual blocks as in the state policy), the ViT is `backbone.vit` (`net.<i>` layers with
+    layer_norm1/2, mha.qkv_proj/out_proj, linear1/2; the patch embedding's second conv at index 3), and the single
+    compression head is `compress`."""
+    key = key.replace("network.denoiser.", "network.").replace("network.encoder.compress.0.", "network.compress.")
+    key = _residual_block(key, layernorm=False)  # the residual MLP's blocks: l1, l2
+    if key.startswith("network.encoder.trunk."):
+        key = key.replace("network.encoder.trunk.", "network.backbone.vit.")
+        key = re.sub(r"\.layers\.(\d+)\.", r".net.\1.", key)
+        for ours, theirs in (
+            (".norm1.", ".layer_norm1."),
+            (".norm2.", ".layer_norm2."),
+            (".attn.qkv.", ".mha.qkv_proj."),
+            (".attn.out.", ".mha.out_proj."),
+            (".mlp.0.", ".linear1."),
+            (".mlp.2.", ".linear2."),
+            ("patch_embed.proj.0.", "patch_embed.embed.0."),
+            ("patch_embed.proj.2.", "patch_embed.embed.3."),
+        ):
+            key = key.replace(ours, theirs)
+    return key
+
+
+def test_dppo_vit_pretrain_checkpoint_evaluates(tmp_path: Path) -> None:
+    cfg, policy = build(("robomimic/eval/can", "eval_diffusion_mlp_img"))
+    names = set(dppo_key_map(policy).values())
+    for name in (
+        "network.backbone.vit.pos_embed",
+        "network.backbone.vit.patch_embed.embed.3.weight",
+        "network.backbone.vit.net.0.mha.qkv_proj.weight",
+        "network.backbone.vit.net.0.linear2.bias",
+        "network.compress.input_proj.0.weight",
+        "network.time_embedding.1.weight",
+    ):
+        assert name in names, name
+    ema = dppo_state(policy.state_dict(), vit_rule, seed=6)
+    path = tmp_path / "state_1000.pt"
+    torch.save({"epoch": 1000, "model": ema, "ema": ema}, path)
+    assert load_policy_weights(policy, load_checkpoint(path), cfg, path, for_eval=True) == "pretrain"
+    assert_landed(policy, ema, vit_rule, "network", "network")
+
+
 def test_dppo_gaussian_pretrain_checkpoint(tmp_path: Path) -> None:
     cfg, policy = build((AVOID_FT, "ft_ppo_gaussian_mlp"))  # residual, learned fixed std
     ema = dppo_state(policy.state_dict(), gaussian_rule, seed=2)
