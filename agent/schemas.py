@@ -402,6 +402,34 @@ class FQLTrain(ReplayTrain):
 
 
 @dataclass
+class SACTrain(ReplayTrain):
+    """`train` block of soft actor-critic (docs/algorithms.md#sac).
+
+    Attributes:
+        init_temperature: the entropy temperature alpha at the start, > 0.
+        target_entropy: the entropy alpha steers toward (null: -Ta * Da).
+        temperature_lr: the temperature's learning rate (null: critic_lr).
+        n_explore_steps: env steps of uniform random actions (no updates) at the start.
+        target_ema_rate: Polyak rate of the target critic.
+        replay_ratio: see ReplayTrain (batch_size: one gradient step per stored transition).
+    """
+
+    init_temperature: float = 1.0
+    target_entropy: float | None = None
+    temperature_lr: float | None = None
+    n_explore_steps: int = 0
+    target_ema_rate: float | None = 0.005
+    replay_ratio: float = 256.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.init_temperature > 0, f"train.init_temperature must be > 0, got {self.init_temperature}")
+        require(self.n_explore_steps >= 0, f"train.n_explore_steps must be >= 0, got {self.n_explore_steps}")
+        lr = self.temperature_lr
+        require(lr is None or lr > 0, f"train.temperature_lr must be > 0 or null, got {lr}")
+
+
+@dataclass
 class QSMTrain(ReplayTrain):
     """`train` block of Q-score matching (docs/algorithms.md#qsm).
 
@@ -662,6 +690,7 @@ SCHEMAS: dict[str, type] = {
     "ppo_train": PPOTrain,
     "dql_train": DQLTrain,
     "fql_train": FQLTrain,
+    "sac_train": SACTrain,
     "qsm_train": QSMTrain,
     "dipo_train": DIPOTrain,
     "idql_train": IDQLTrain,
@@ -731,6 +760,7 @@ __all__ = [
     "DIPOTrain",
     "DQLTrain",
     "FQLTrain",
+    "SACTrain",
     "Ema",
     "FinetuneTrain",
     "OnPolicyTrain",

@@ -39,6 +39,7 @@ DOCUMENTED = [
     schemas.ReplayTrain,
     schemas.DQLTrain,
     schemas.FQLTrain,
+    schemas.SACTrain,
     schemas.QSMTrain,
     schemas.DIPOTrain,
     schemas.IDQLTrain,

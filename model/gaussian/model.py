@@ -34,6 +34,8 @@ class GaussianModel(Policy):
         action_dim: ``Da``.
         randn_clip_value: samples are clamped to ``mean +- randn_clip_value * scale``.
         ent_coef: weight of the mean per-dim entropy subtracted from the behaviour-cloning loss.
+        squash: the action is ``tanh(u)`` of the Gaussian sample u (SAC-style learners, `sample_log_prob`); the
+            deterministic action is ``tanh(mean)``. Not for PPO, whose chain log-probabilities score u itself.
     """
 
     n_chain_steps: int = 1
@@ -45,8 +47,10 @@ class GaussianModel(Policy):
         action_dim: int,
         randn_clip_value: float = 10.0,
         ent_coef: float = 0.0,
+        squash: bool = False,
     ) -> None:
         super().__init__()
+        self.squash = squash
         self.network = network
         self.horizon_steps = horizon_steps
         self.action_dim = action_dim
@@ -107,10 +111,33 @@ class GaussianModel(Policy):
             # Clamping the unit noise is the same as clamping the sample to mean +- clip * scale.
             z = torch.randn_like(mean).clamp(-self.randn_clip_value, self.randn_clip_value)
             actions = mean + scale * z
+        if self.squash:
+            actions = torch.tanh(actions)
         chain = None
         if return_chain:
             chain = torch.stack((torch.zeros_like(actions), actions), dim=1)
         return Sample(actions=actions, chain=chain)
+
+    def sample_log_prob(self, cond: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """A reparameterised sample and its log-density, for SAC-style learners.
+
+        u = mean + scale * z (z clamped to +-randn_clip_value); with ``squash`` the action is tanh(u) and
+        log pi(a|s) = sum_i [log N(u_i; mean_i, scale_i) - log(1 - tanh(u_i)^2 + 1e-6)] (docs/algorithms.md#sac).
+
+        Returns:
+            actions ``(B, Ta, Da)``, log-density ``(B,)`` summed over the chunk.
+        """
+        mean, scale = self.mean_scale(cond)
+        u = mean + scale * torch.randn_like(mean).clamp(-self.randn_clip_value, self.randn_clip_value)
+        return self.action_log_prob(u, mean, scale)
+
+    def action_log_prob(self, u: Tensor, mean: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        """The action of a pre-squash sample u and its log-density summed over the chunk: (tanh(u) or u, (B,))."""
+        logp = self._log_density(u, mean, scale)
+        if not self.squash:
+            return u, logp.flatten(1).sum(dim=1)
+        a = torch.tanh(u)
+        return a, (logp - torch.log(1.0 - a.square() + 1e-6)).flatten(1).sum(dim=1)
 
     def chain_log_prob(self, cond: dict[str, Tensor], chain: Tensor, step: Tensor | None = None) -> Tensor:
         """Element-wise log-density of the action ``chain[:, 1]`` under the current parameters.
@@ -127,6 +154,8 @@ class GaussianModel(Policy):
             ``(B, 1, Ta, Da)`` if ``step`` is None, else ``(B, Ta, Da)``.
         """
         check_single_step(chain, step, self.horizon_steps, self.action_dim)
+        if self.squash:
+            raise ValueError("a squashed Gaussian (squash=true) is for SAC-style learners; PPO needs squash=false")
         mean, scale = self.mean_scale(cond)
         logp = self._log_density(chain[:, 1], mean, scale)
         return logp if step is not None else logp.unsqueeze(1)
