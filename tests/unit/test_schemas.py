@@ -14,12 +14,14 @@ from agent.schemas import (
     DIPOTrain,
     DQLTrain,
     Ema,
+    FQLTrain,
     IDQLTrain,
     LrScheduler,
     PPOTrain,
     PretrainTrain,
     QSMTrain,
     RWRTrain,
+    SACTrain,
     load_block,
 )
 
@@ -78,7 +80,9 @@ def test_every_pretraining_config_is_typed_by_the_schema():
         assert OmegaConf.get_type(cfg.train) is PretrainTrain, path
         assert OmegaConf.get_type(cfg.ema) is Ema, path
         train = load_block(PretrainTrain, cfg.train, "train")
-        assert train.lr_scheduler.first_cycle_steps == train.n_epochs, path
+        assert train.lr_scheduler.first_cycle_steps >= 1, path  # DPPO's gym Gaussian: 1000 cycle over 500 epochs
+    cfg = compose(CFG_ROOT / "gym/pretrain/hopper-medium-v2", "pre_diffusion_mlp", ["train.n_epochs=7"])
+    assert load_block(PretrainTrain, cfg.train, "train").lr_scheduler.first_cycle_steps == 7  # follows n_epochs
 
 
 def test_composition_rejects_a_key_the_schema_lacks_and_a_wrong_type():
@@ -107,6 +111,8 @@ FINETUNE_SCHEMAS = {
     "IDQLAgent": IDQLTrain,
     "AWRAgent": AWRTrain,
     "RWRAgent": RWRTrain,
+    "FQLAgent": FQLTrain,
+    "SACAgent": SACTrain,
 }
 
 
