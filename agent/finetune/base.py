@@ -44,7 +44,14 @@ from agent.checkpoint import (
     save_checkpoint,
 )
 from agent.errors import ConfigError, DataError
-from agent.finetune.loading import build_policy, find_checkpoint, load_policy_weights, pretrain_command
+from agent.finetune.loading import (
+    build_policy,
+    find_checkpoint,
+    is_dppo_checkpoint,
+    load_policy_weights,
+    pretrain_command,
+    warm_start_critics,
+)
 from agent.nonfinite import check_nan_policy, diverged, non_finite_losses, non_finite_parameters
 from agent.rollout import (
     EpisodeStats,
@@ -234,6 +241,8 @@ class FinetuneAgent(BaseAgent):
         self.normalization = run_normalization(run, ckpt_norm)
         self.env = make_env(env_cfg, self.logdir, ckpt_norm, self.seed, run.robomimic_env_cfg_path)
         self.algorithm = self.algorithm_class.from_config(self.exp, self.policy, self.device)
+        if self._dppo_base is not None:  # DPPO's fine-tuning checkpoint also carries its critics
+            warm_start_critics(self.algorithm.modules, *self._dppo_base)
         threshold = env_cfg.best_reward_threshold_for_success
         self.episodes = EpisodeStats(self.n_envs, threshold, env_reports_success(env_cfg.name))
         self.success_threshold = threshold
@@ -253,6 +262,7 @@ class FinetuneAgent(BaseAgent):
         """Load `base_policy_path` into the policy (skipped when resuming); return its normalization stats."""
         base = self.run_cfg.base_policy_path
         source = self.resume_path or (find_checkpoint(base) if base else None)
+        self._dppo_base: tuple[Mapping[str, Any], Path] | None = None
         if source is None:
             log.info("no base_policy_path: training from a freshly initialised policy")
             return None
@@ -261,6 +271,8 @@ class FinetuneAgent(BaseAgent):
         stats = {k: np.asarray(v) for k, v in norm.items()} if norm else None
         check_normalization(stats, self.run_cfg, f"the normalization stored in {source}")
         if self.resume_path is None:
+            if is_dppo_checkpoint(ckpt) and "itr" in ckpt:
+                self._dppo_base = (ckpt, Path(source))
             kind = load_policy_weights(self.policy, ckpt, self.cfg, Path(source))
             log.info("loaded %s weights from %s", "EMA" if kind == "pretrain" else "fine-tuned", source)
         else:  # checked before the envs start

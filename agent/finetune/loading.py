@@ -611,6 +611,36 @@ def from_dppo_checkpoint(ckpt: Mapping[str, Any], policy: Policy, path: Path) ->
     return {"kind": "finetune", "itr": ckpt.get("itr"), "ft_denoising_steps": ft_steps, "model": model}
 
 
+def warm_start_critics(modules: Mapping[str, nn.Module], ckpt: Mapping[str, Any], path: Path) -> list[str]:
+    """Load the critics of a DPPO fine-tuning checkpoint into an algorithm's modules of the same names (`critic`,
+    `critic_v`, ...), and each loaded critic's weights into its `<name>_target` copy too.
+
+    A critic whose DPPO weights are absent or do not fit keeps its initial weights (logged): the actor's weights
+    are what a DPPO checkpoint is loaded for. Returns the names of the critics loaded.
+    """
+    loaded = []
+    for name, module in modules.items():
+        if name.endswith("_target") or not any(str(k).startswith(f"{name}.") for k in ckpt.get("model") or {}):
+            continue
+        try:
+            state = dppo_critic_state_dict(module, ckpt, path, name)
+        except ConfigError as exc:
+            log.warning("%s: its %s does not fit this one (%s); it starts from scratch", path, name, exc)
+            continue
+        ours = module.state_dict()
+        misfit = [k for k in ours if k not in state or tuple(state[k].shape) != tuple(ours[k].shape)]
+        if misfit:  # checked first: load_state_dict would copy the tensors that fit before failing
+            log.warning("%s: its %s does not fit this one (%s differs); it starts from scratch", path, name, misfit[0])
+            continue
+        module.load_state_dict(state)
+        if f"{name}_target" in modules:
+            modules[f"{name}_target"].load_state_dict(module.state_dict())
+        loaded.append(name)
+    if loaded:
+        log.info("%s: critic weights %s taken from the DPPO checkpoint", path, loaded)
+    return loaded
+
+
 def dppo_critic_state_dict(critic: nn.Module, ckpt: Mapping[str, Any], path: Path, name: str = "critic") -> dict:
     """The `name.*` weights of a DPPO fine-tuning checkpoint, renamed for `critic` (CriticObs: Q1 -> mlp;
     CriticObsAct: Q1/Q2 as they are, their MLPs renamed). For an algorithm that wants to start from DPPO's critic.

@@ -311,6 +311,27 @@ def _residual_block_plain(key: str) -> str:
     return _residual_block(key, layernorm=False).replace("mlp.", "Q1.", 1)
 
 
+def test_dppo_finetune_checkpoint_warm_starts_the_critics(tmp_path: Path) -> None:
+    """Fine-tuning from a DPPO fine-tuning checkpoint also takes its critic (and the target copy) when it fits; a
+    critic of another shape keeps its initial weights."""
+    import copy
+
+    from agent.finetune.loading import warm_start_critics
+
+    _, ft_policy = build(HOPPER_FT, [SMALL])
+    ckpt = dppo_finetune_diffusion(ft_policy, diffusion_rule())
+    critic = CriticObs(11, [8, 8, 8], residual_style=True)
+    modules = {"critic": critic, "critic_target": copy.deepcopy(critic)}
+    assert warm_start_critics(modules, ckpt, tmp_path / "state_100.pt") == ["critic"]
+    for key, value in critic.state_dict().items():
+        torch.testing.assert_close(value, ckpt["model"][f"critic.{_residual_block_plain(key)}"])
+    torch.testing.assert_close(modules["critic_target"].state_dict(), critic.state_dict())
+    other = CriticObs(11, [16, 16, 16], residual_style=True)
+    before = copy.deepcopy(other.state_dict())
+    assert warm_start_critics({"critic": other}, ckpt, tmp_path / "state_100.pt") == []
+    torch.testing.assert_close(other.state_dict(), before)
+
+
 @pytest.mark.parametrize("hint", ["hydra", "folder", "none"])
 def test_dppo_diffusion_finetune_checkpoint_for_eval(hint: str, tmp_path: Path) -> None:
     rename = diffusion_rule()
