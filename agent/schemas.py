@@ -430,6 +430,28 @@ class SACTrain(ReplayTrain):
 
 
 @dataclass
+class RLPDTrain(SACTrain):
+    """`train` block of RLPD (docs/algorithms.md#rlpd): SAC's keys plus the ones below.
+
+    Attributes:
+        critic_updates_per_actor: G, critic steps per actor and temperature step (the update-to-data ratio).
+        backup_entropy: add the entropy term to the critic's target.
+        offline_fraction: the share of each batch drawn from the offline dataset (`offline_dataset_path`).
+    """
+
+    critic_updates_per_actor: int = 20
+    backup_entropy: bool = True
+    offline_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        g = self.critic_updates_per_actor
+        require(g >= 1, f"train.critic_updates_per_actor must be >= 1, got {g}")
+        f = self.offline_fraction
+        require(0.0 <= f < 1.0, f"train.offline_fraction must be in [0, 1), got {f}")
+
+
+@dataclass
 class QSMTrain(ReplayTrain):
     """`train` block of Q-score matching (docs/algorithms.md#qsm).
 
@@ -602,6 +624,7 @@ class RunKeys:
         denoising_steps: K, the diffusion chain's steps.
         ft_denoising_steps: K' >= 0, the fine-tuned last steps of the chain (0: none; the baselines tune it all).
         reward_horizon: PPO's executed actions whose log-probability counts (null: act_steps).
+        offline_dataset_path: the dataset an off-policy learner replays beside its online data (RLPD).
         n_steps: evaluation's chunks per env, when n_episodes is null.
         n_episodes: evaluation's episodes to report.
         suite: gym, robomimic, d3il (for folder names and hints).
@@ -625,6 +648,7 @@ class RunKeys:
     denoising_steps: int | None = None
     ft_denoising_steps: int | None = None
     reward_horizon: int | None = None
+    offline_dataset_path: str | None = None
     n_steps: int | None = None
     n_episodes: int | None = None
     suite: str | None = None
@@ -691,6 +715,7 @@ SCHEMAS: dict[str, type] = {
     "dql_train": DQLTrain,
     "fql_train": FQLTrain,
     "sac_train": SACTrain,
+    "rlpd_train": RLPDTrain,
     "qsm_train": QSMTrain,
     "dipo_train": DIPOTrain,
     "idql_train": IDQLTrain,
@@ -761,6 +786,7 @@ __all__ = [
     "DQLTrain",
     "FQLTrain",
     "SACTrain",
+    "RLPDTrain",
     "Ema",
     "FinetuneTrain",
     "OnPolicyTrain",

@@ -40,6 +40,7 @@ DOCUMENTED = [
     schemas.DQLTrain,
     schemas.FQLTrain,
     schemas.SACTrain,
+    schemas.RLPDTrain,
     schemas.QSMTrain,
     schemas.DIPOTrain,
     schemas.IDQLTrain,

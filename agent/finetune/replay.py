@@ -134,12 +134,17 @@ class ReplayAlgorithm(Algorithm):
     def gradient_step(self, batch: Transitions, buffer: ReplayBuffer) -> dict[str, Tensor]:
         """One update on a batch; returns detached scalar diagnostics (summed and averaged by `update`)."""
 
+    def sample_batch(self, buffer: ReplayBuffer) -> Transitions:
+        """One gradient step's batch: `batch_size` transitions drawn uniformly from the buffer (RLPD mixes in
+        offline data)."""
+        return buffer.sample(self.cfg.batch_size)
+
     def update(self, buffer: ReplayBuffer) -> dict[str, float]:
-        """`cfg.n_updates` gradient steps on uniform batches; returns the mean diagnostics."""
+        """`cfg.n_updates` gradient steps on batches from `sample_batch`; returns the mean diagnostics."""
         sums: dict[str, Tensor] = {}
         counts: dict[str, int] = {}
         for _ in range(self.cfg.n_updates):
-            info = self.gradient_step(buffer.sample(self.cfg.batch_size), buffer)
+            info = self.gradient_step(self.sample_batch(buffer), buffer)
             for key, value in info.items():
                 sums[key] = sums.get(key, 0.0) + value.detach()
                 counts[key] = counts.get(key, 0) + 1

@@ -19,7 +19,7 @@ loss on log alpha (DPPO multiplies alpha, which scales its learning rate by alph
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -98,22 +98,25 @@ class SAC(ActorCriticAlgorithm):
 
     @classmethod
     def from_config(cls, exp: Experiment, policy: Policy, device: torch.device) -> SAC:
+        return cls(policy, **cls.sac_arguments(exp, policy, device))
+
+    @staticmethod
+    def sac_arguments(exp: Experiment, policy: Policy, device: torch.device) -> dict[str, Any]:
+        """The constructor's arguments after `policy` from the experiment (SAC's and its variants')."""
         t = exp.train_as(SACTrain)
         gaussian = cast(GaussianModel, policy)
         settings = t.optim_settings()
-        return cls(
-            policy,
-            instantiate(exp.model_node("critic"), "model.critic").to(device),
-            ReplayConfig.from_config(exp),
-            init_temperature=t.init_temperature,
-            target_entropy=(
-                t.target_entropy
-                if t.target_entropy is not None
-                else -float(gaussian.horizon_steps * gaussian.action_dim)
-            ),
-            explore_iterations=math.ceil(t.n_explore_steps / (t.n_steps * exp.env.n_envs)),
-            optim={**settings, "temperature": (t.temperature_lr or settings["critic"][0], 0.0, None)},
-        )
+        target_entropy = t.target_entropy
+        return {
+            "critic": instantiate(exp.model_node("critic"), "model.critic").to(device),
+            "config": ReplayConfig.from_config(exp),
+            "init_temperature": t.init_temperature,
+            "target_entropy": -float(gaussian.horizon_steps * gaussian.action_dim)
+            if target_entropy is None
+            else target_entropy,
+            "explore_iterations": math.ceil(t.n_explore_steps / (t.n_steps * exp.env.n_envs)),
+            "optim": {**settings, "temperature": (t.temperature_lr or settings["critic"][0], 0.0, None)},
+        }
 
     @property
     def exploring(self) -> bool:

@@ -120,3 +120,45 @@ class CriticObsAct(nn.Module):
         q1 = self.Q1(x).squeeze(-1)
         q2 = self.Q2(x).squeeze(-1) if self.Q2 is not None else None
         return q1, q2
+
+
+class CriticEnsemble(nn.Module):
+    """An ensemble of independently initialised state-action-value heads ``Q_k(s, a)``, k = 1..E (RLPD).
+
+    Args:
+        cond_dim: flattened observation size ``To * Do``.
+        mlp_dims: hidden widths of each head.
+        action_dim: ``Da``.
+        action_steps: action steps ``Ta'`` the heads see (the chunk is flattened).
+        n_critics: E, at least 2 (targets take the min over a random pair).
+        activation_type: hidden activation name.
+        use_layernorm: LayerNorm after each hidden layer (RLPD's).
+        residual_style: ResidualMLP heads.
+
+    Shapes:
+        ``forward(cond{"state": (B, To, Do)}, action (B, Ta', Da)) -> (E, B)``.
+    """
+
+    def __init__(
+        self,
+        cond_dim: int,
+        mlp_dims: Sequence[int],
+        action_dim: int,
+        action_steps: int = 1,
+        n_critics: int = 10,
+        activation_type: str = "ReLU",
+        use_layernorm: bool = True,
+        residual_style: bool = False,
+    ) -> None:
+        super().__init__()
+        if n_critics < 2:
+            raise ValueError(f"CriticEnsemble needs n_critics >= 2, got {n_critics}")
+        self.cond_dim = cond_dim
+        in_dim = cond_dim + action_dim * action_steps
+        self.heads = nn.ModuleList(
+            _value_mlp(in_dim, mlp_dims, activation_type, use_layernorm, residual_style) for _ in range(n_critics)
+        )
+
+    def forward(self, cond: dict[str, Tensor], action: Tensor) -> Tensor:
+        x = torch.cat((flatten_state(cond, self.cond_dim), action.flatten(1)), dim=-1)
+        return torch.stack([head(x).squeeze(-1) for head in self.heads])

@@ -10,6 +10,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -35,6 +36,8 @@ CONFIGS = [CFG_ROOT / "gym/finetune" / t / f"ft_{a}_diffusion_mlp.yaml" for t in
 CONFIGS += [CFG_ROOT / "gym/scratch/hopper-v2" / f"{a}_diffusion_mlp.yaml" for a in ALGOS]
 # SAC on a Gaussian policy from scratch (DPPO's gym/scratch/halfcheetah-v2/sac_mlp)
 CONFIGS += [CFG_ROOT / "gym/scratch/halfcheetah-v2/sac_mlp.yaml"]
+# RLPD (DPPO's gym/scratch rlpd_mlp files)
+CONFIGS += sorted(CFG_ROOT.glob("gym/scratch/*/rlpd_mlp.yaml"))
 # flow Q-learning on the flow policy (not in DPPO): the same checks
 CONFIGS += [
     CFG_ROOT / s / "finetune" / t / "ft_fql_reflow_mlp.yaml"
@@ -50,6 +53,7 @@ AGENTS = {
     "awr": "agent.finetune.awr.AWRAgent",
     "fql": "agent.finetune.fql.FQLAgent",
     "sac": "agent.finetune.sac.SACAgent",
+    "rlpd": "agent.finetune.rlpd.RLPDAgent",
 }
 
 
@@ -181,7 +185,7 @@ def test_baseline_config_matches_its_pretraining_config(path: Path, tmp_dirs: Pa
     assert cfg.horizon_steps == cfg.act_steps
     if cfg.base_policy_path is None:  # from scratch
         assert path.parts[-3] == "scratch" and cfg.horizon_steps == 1
-        assert algo_of(path) == "sac" or (cfg.denoising_steps, cfg.env.n_envs) == (10, 10)
+        assert algo_of(path) in ("sac", "rlpd") or (cfg.denoising_steps, cfg.env.n_envs) == (10, 10)
         return
     pre = pretrain_config_of(cfg)
     OmegaConf.resolve(pre)
@@ -238,6 +242,7 @@ TINY_ALGO = {
     "idql": ["train.eval_sample_num=2"],
     "rwr": ["train.update_epochs=2", "env.max_episode_steps=8"],
     "sac": ["train.n_explore_steps=0"],
+    "rlpd": ["train.n_explore_steps=0", "train.critic_updates_per_actor=1"],
 }
 MODULES = {
     "dql": {"critic", "critic_target"},
@@ -248,6 +253,7 @@ MODULES = {
     "rwr": set(),
     "fql": {"critic", "critic_target", "actor_onestep"},
     "sac": {"critic", "critic_target", "temperature"},
+    "rlpd": {"critic", "critic_target", "temperature"},
 }
 
 
@@ -261,6 +267,15 @@ def test_baseline_config_runs_two_iterations(path: Path, tmp_dirs: Path):
         write_normalization(Path(probe.normalization_path), probe.obs_dim, probe.action_dim)
         if algo == "rwr":  # single-step chunks: 2-step episodes end twice in 4 chunks
             overrides.append("env.max_episode_steps=2")
+        if algo == "rlpd":  # its offline transitions
+            rng = np.random.default_rng(0)
+            np.savez(
+                probe.offline_dataset_path,
+                states=rng.uniform(-1, 1, (20, probe.obs_dim)),
+                actions=rng.uniform(-1, 1, (20, probe.action_dim)),
+                rewards=rng.normal(size=20),
+                traj_lengths=[10, 10],
+            )
     else:
         pre = pretrain_config_of(probe)
         ckpt = write_pretrain_checkpoint(tmp_dirs / "pre" / "checkpoint" / "state_1.pt", pre)
