@@ -37,7 +37,10 @@ CONFIGS += [CFG_ROOT / "gym/scratch/hopper-v2" / f"{a}_diffusion_mlp.yaml" for a
 # SAC on a Gaussian policy from scratch (DPPO's gym/scratch/halfcheetah-v2/sac_mlp)
 CONFIGS += [CFG_ROOT / "gym/scratch/halfcheetah-v2/sac_mlp.yaml"]
 # RLPD (DPPO's gym/scratch rlpd_mlp files)
-CONFIGS += sorted(CFG_ROOT.glob("gym/scratch/*/rlpd_mlp.yaml"))
+CONFIGS += sorted(CFG_ROOT.glob("gym/scratch/*/rlpd_mlp.yaml")) + sorted(
+    CFG_ROOT.glob("robomimic/scratch/*/rlpd_mlp*.yaml")
+)
+CONFIGS += [CFG_ROOT / "robomimic/finetune/lift/rlpd_mlp.yaml"]
 # flow Q-learning on the flow policy (not in DPPO): the same checks
 CONFIGS += [
     CFG_ROOT / s / "finetune" / t / "ft_fql_reflow_mlp.yaml"
@@ -58,7 +61,7 @@ AGENTS = {
 
 
 def algo_of(path: Path) -> str:
-    return path.stem.split("_")[0 if path.parts[-3] == "scratch" else 1]
+    return path.stem.split("_")[0 if path.parts[-3] == "scratch" or path.stem.startswith("rlpd") else 1]
 
 
 def params(paths: list[Path], slow_suites: tuple[str, ...] = ()) -> list:
@@ -184,7 +187,7 @@ def test_baseline_config_matches_its_pretraining_config(path: Path, tmp_dirs: Pa
     assert cfg.model.get("ft_denoising_steps", 0) == 0
     assert cfg.horizon_steps == cfg.act_steps
     if cfg.base_policy_path is None:  # from scratch
-        assert path.parts[-3] == "scratch" and cfg.horizon_steps == 1
+        assert (path.parts[-3] == "scratch" or algo_of(path) == "rlpd") and cfg.horizon_steps == 1
         assert algo_of(path) in ("sac", "rlpd") or (cfg.denoising_steps, cfg.env.n_envs) == (10, 10)
         return
     pre = pretrain_config_of(cfg)
@@ -269,6 +272,7 @@ def test_baseline_config_runs_two_iterations(path: Path, tmp_dirs: Path):
             overrides.append("env.max_episode_steps=2")
         if algo == "rlpd":  # its offline transitions
             rng = np.random.default_rng(0)
+            Path(probe.offline_dataset_path).parent.mkdir(parents=True, exist_ok=True)
             np.savez(
                 probe.offline_dataset_path,
                 states=rng.uniform(-1, 1, (20, probe.obs_dim)),
