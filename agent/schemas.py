@@ -452,6 +452,32 @@ class RLPDTrain(SACTrain):
 
 
 @dataclass
+class IBRLTrain(ReplayTrain):
+    """`train` block of IBRL (docs/algorithms.md#ibrl).
+
+    Attributes:
+        critic_updates_per_actor: G, critic steps per actor step.
+        soft_action_sample: in training, take the BC proposal with probability softmax(beta q) instead of the
+            arg-max.
+        soft_action_beta: beta of that softmax, > 0.
+        target_ema_rate: Polyak rate of the target critic and actor.
+        replay_ratio: see ReplayTrain.
+    """
+
+    critic_updates_per_actor: int = 2
+    soft_action_sample: bool = True
+    soft_action_beta: float = 10.0
+    target_ema_rate: float | None = 0.01
+    replay_ratio: float = 384.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        g = self.critic_updates_per_actor
+        require(g >= 1, f"train.critic_updates_per_actor must be >= 1, got {g}")
+        require(self.soft_action_beta > 0, f"train.soft_action_beta must be > 0, got {self.soft_action_beta}")
+
+
+@dataclass
 class QSMTrain(ReplayTrain):
     """`train` block of Q-score matching (docs/algorithms.md#qsm).
 
@@ -716,6 +742,7 @@ SCHEMAS: dict[str, type] = {
     "fql_train": FQLTrain,
     "sac_train": SACTrain,
     "rlpd_train": RLPDTrain,
+    "ibrl_train": IBRLTrain,
     "qsm_train": QSMTrain,
     "dipo_train": DIPOTrain,
     "idql_train": IDQLTrain,
@@ -787,6 +814,7 @@ __all__ = [
     "FQLTrain",
     "SACTrain",
     "RLPDTrain",
+    "IBRLTrain",
     "Ema",
     "FinetuneTrain",
     "OnPolicyTrain",

@@ -41,6 +41,7 @@ DOCUMENTED = [
     schemas.FQLTrain,
     schemas.SACTrain,
     schemas.RLPDTrain,
+    schemas.IBRLTrain,
     schemas.QSMTrain,
     schemas.DIPOTrain,
     schemas.IDQLTrain,

@@ -41,6 +41,8 @@ CONFIGS += sorted(CFG_ROOT.glob("gym/scratch/*/rlpd_mlp.yaml")) + sorted(
     CFG_ROOT.glob("robomimic/scratch/*/rlpd_mlp*.yaml")
 )
 CONFIGS += [CFG_ROOT / "robomimic/finetune/lift/rlpd_mlp.yaml"]
+# IBRL (DPPO's ibrl_mlp files)
+CONFIGS += sorted(CFG_ROOT.glob("*/finetune/*/ibrl_mlp*.yaml"))
 # flow Q-learning on the flow policy (not in DPPO): the same checks
 CONFIGS += [
     CFG_ROOT / s / "finetune" / t / "ft_fql_reflow_mlp.yaml"
@@ -57,11 +59,12 @@ AGENTS = {
     "fql": "agent.finetune.fql.FQLAgent",
     "sac": "agent.finetune.sac.SACAgent",
     "rlpd": "agent.finetune.rlpd.RLPDAgent",
+    "ibrl": "agent.finetune.ibrl.IBRLAgent",
 }
 
 
 def algo_of(path: Path) -> str:
-    return path.stem.split("_")[0 if path.parts[-3] == "scratch" or path.stem.startswith("rlpd") else 1]
+    return path.stem.split("_")[0 if path.parts[-3] == "scratch" or path.stem.startswith(("rlpd", "ibrl")) else 1]
 
 
 def params(paths: list[Path], slow_suites: tuple[str, ...] = ()) -> list:
@@ -246,6 +249,7 @@ TINY_ALGO = {
     "rwr": ["train.update_epochs=2", "env.max_episode_steps=8"],
     "sac": ["train.n_explore_steps=0"],
     "rlpd": ["train.n_explore_steps=0", "train.critic_updates_per_actor=1"],
+    "ibrl": ["train.critic_updates_per_actor=1"],
 }
 MODULES = {
     "dql": {"critic", "critic_target"},
@@ -257,6 +261,7 @@ MODULES = {
     "fql": {"critic", "critic_target", "actor_onestep"},
     "sac": {"critic", "critic_target", "temperature"},
     "rlpd": {"critic", "critic_target", "temperature"},
+    "ibrl": {"critic", "critic_target", "bc_policy", "actor_target"},
 }
 
 
@@ -270,20 +275,20 @@ def test_baseline_config_runs_two_iterations(path: Path, tmp_dirs: Path):
         write_normalization(Path(probe.normalization_path), probe.obs_dim, probe.action_dim)
         if algo == "rwr":  # single-step chunks: 2-step episodes end twice in 4 chunks
             overrides.append("env.max_episode_steps=2")
-        if algo == "rlpd":  # its offline transitions
-            rng = np.random.default_rng(0)
-            Path(probe.offline_dataset_path).parent.mkdir(parents=True, exist_ok=True)
-            np.savez(
-                probe.offline_dataset_path,
-                states=rng.uniform(-1, 1, (20, probe.obs_dim)),
-                actions=rng.uniform(-1, 1, (20, probe.action_dim)),
-                rewards=rng.normal(size=20),
-                traj_lengths=[10, 10],
-            )
     else:
         pre = pretrain_config_of(probe)
         ckpt = write_pretrain_checkpoint(tmp_dirs / "pre" / "checkpoint" / "state_1.pt", pre)
         overrides.append(f"base_policy_path={ckpt.parent.parent}")
+    if algo in ("rlpd", "ibrl"):  # their offline transitions
+        rng = np.random.default_rng(0)
+        Path(probe.offline_dataset_path).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            probe.offline_dataset_path,
+            states=rng.uniform(-1, 1, (20, probe.obs_dim)),
+            actions=rng.uniform(-1, 1, (20, probe.action_dim)),
+            rewards=rng.normal(size=20),
+            traj_lengths=[10, 10],
+        )
     start = time.perf_counter()
     cfg = compose(path.parent, path.stem, overrides)
     agent = agent_of(cfg)(cfg)
