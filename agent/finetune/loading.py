@@ -39,6 +39,7 @@ from model.base import Policy
 from model.common.critic import CriticObs
 from model.common.mlp import MLP, ResidualBlock
 from model.common.transformer import ObsToChunkTransformer
+from model.common.vision import VisionNetwork
 from model.diffusion.diffusion import DiffusionModel
 from model.diffusion.unet import ConvBlock1D, ResidualBlock1D, Unet1D
 from model.diffusion.vision import VisionDenoiser
@@ -343,8 +344,8 @@ def load_policy_weights(
 #   UNet down/up-sampling (Unet1D)    <down|up>_modules.<i>.2 (bare conv)   <down|up>_modules.<i>.2.conv
 #   Gaussian/GMM transformer          trunk, head (GMM: logits_head)        transformer, transformer.head (modes_head)
 #   transformer trunk                 cond_emb, query_pos_emb, final_norm   cond_obs_emb, pos_emb, ln_f
-#   pixel denoiser (VisionDenoiser)   encoder.trunk, encoder.compress.<i>,  backbone.vit, compress (one camera) or
-#                                     denoiser.<rest>                       compress<i+1>, <rest> (on the policy net)
+#   pixel nets (VisionDenoiser;       encoder.trunk, encoder.compress.<i>,  backbone.vit, compress (one camera) or
+#   VisionNetwork: Gaussian, critic)  denoiser.<rest> / head.<rest>         compress<i+1>, <rest> (on the net itself)
 #   ViT (ViT, TransformerLayer)       layers.<i>.{norm1, attn.qkv, attn.out, net.<i>.{layer_norm1, mha.qkv_proj,
 #                                     norm2, mlp.0, mlp.2}, patch_embed.proj  mha.out_proj, layer_norm2, linear1,
 #                                                                           linear2}, patch_embed.embed
@@ -354,8 +355,8 @@ def load_policy_weights(
 # The table of names is generated from the module the weights go into (`dppo_key_map`), so every option that
 # changes our flat layer indices (LayerNorm, dropout, Identity activations) is accounted for. DPPO's
 # `logvar_min`/`logvar_max` are dropped: here the std bounds always come from the config
-# (docs/algorithms.md#d7-gaussian-std-bounds, model/gaussian/mlp.py). Other networks (the Gaussian pixel policy, the
-# pixel critics) keep their names and therefore load only if DPPO's names happen to be ours; otherwise the keys are
+# (docs/algorithms.md#d7-gaussian-std-bounds, model/gaussian/mlp.py). Other networks (the ResNet encoder, which DPPO
+# does not have) keep their names and therefore load only if DPPO's names happen to be ours; otherwise the keys are
 # reported as unmatched.
 
 # Children renamed on the way to DPPO's names (per class of the parent module).
@@ -368,6 +369,7 @@ _DPPO_CHILD_NAMES: dict[type, dict[str, str]] = {
     GMMTransformer: {"trunk": "transformer", "head": "transformer.head", "logits_head": "modes_head"},
     ObsToChunkTransformer: {"cond_emb": "cond_obs_emb", "final_norm": "ln_f"},
     VisionDenoiser: {"encoder": "", "denoiser": ""},  # DPPO's VisionDiffusionMLP holds both on itself
+    VisionNetwork: {"encoder": "", "head": ""},  # DPPO's VisionGaussian_MLP and ViTCritic likewise
     ViT: {"layers": "net"},
     TransformerLayer: {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn": "mha"},
     SelfAttention: {"qkv": "qkv_proj", "out": "out_proj"},

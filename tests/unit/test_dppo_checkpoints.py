@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from agent.checkpoint import load_checkpoint
-from agent.config import CFG_ROOT, compose
+from agent.config import CFG_ROOT, compose, instantiate
 from agent.errors import ConfigError
 from agent.finetune.loading import (
     build_policy,
@@ -235,7 +235,8 @@ def vit_rule(key: str) -> str:
     network itself (residual blocks as in the state policy), the ViT is `backbone.vit` (`net.<i>` layers with
     layer_norm1/2, mha.qkv_proj/out_proj, linear1/2; the patch embedding's second conv at index 3), and the single
     compression head is `compress`."""
-    key = key.replace("network.denoiser.", "network.").replace("network.encoder.compress.0.", "network.compress.")
+    key = key.replace("network.denoiser.", "network.").replace("network.head.", "network.")
+    key = key.replace("network.encoder.compress.0.", "network.compress.")
     key = _residual_block(key, layernorm=False)  # the residual MLP's blocks: l1, l2
     if key.startswith("network.encoder.trunk."):
         key = key.replace("network.encoder.trunk.", "network.backbone.vit.")
@@ -271,6 +272,27 @@ def test_dppo_vit_pretrain_checkpoint_evaluates(tmp_path: Path) -> None:
     torch.save({"epoch": 1000, "model": ema, "ema": ema}, path)
     assert load_policy_weights(policy, load_checkpoint(path), cfg, path, for_eval=True) == "pretrain"
     assert_landed(policy, ema, vit_rule, "network", "network")
+
+
+def test_dppo_pixel_gaussian_and_pixel_critic_translate(tmp_path: Path) -> None:
+    """DPPO's Gaussian_VisionMLP and ViTCritic: the same ViT names, the head's tensors on the network itself."""
+    cfg, policy = build(("robomimic/finetune/can", "ft_ppo_gaussian_mlp_img"))
+    ema = dppo_state(policy.state_dict(), vit_rule, seed=7)
+    assert "network.mlp_mean.layers.1.l1.weight" in ema and "network.backbone.vit.net.0.linear1.weight" in ema
+    path = tmp_path / "state_1000.pt"
+    torch.save({"epoch": 1000, "model": ema, "ema": ema}, path)
+    assert load_policy_weights(policy, load_checkpoint(path), cfg, path) == "pretrain"
+    assert_landed(policy, ema, vit_rule, "network", "network")
+
+    critic = instantiate(cfg.model.critic, "model.critic")
+    critic_rule = lambda key: vit_rule(f"network.{key}")[len("network.") :].replace("mlp.", "Q1.", 1)  # noqa: E731
+    dppo = dppo_state(critic.state_dict(), critic_rule, seed=8, prefix="")
+    assert "Q1.layers.1.l2.weight" in dppo and "compress.weight" in dppo
+    critic.load_state_dict(
+        dppo_critic_state_dict(critic, {"itr": 1, "model": {f"critic.{k}": v for k, v in dppo.items()}}, path)
+    )
+    for key, value in critic.state_dict().items():
+        assert torch.equal(value, dppo[critic_rule(key)]), key
 
 
 def test_dppo_gaussian_pretrain_checkpoint(tmp_path: Path) -> None:
