@@ -202,8 +202,9 @@ def check_compatible(ckpt: Mapping[str, Any], cfg: DictConfig, path: Path, uses_
         if key in saved and key in here and _plain(saved[key]) != _plain(here[key]):
             raise mismatch(key, saved[key], here[key])
     saved_model, our_model = saved.get("model") or {}, here.get("model") or {}
-    if "_target_" in saved_model and saved_model["_target_"] != our_model.get("_target_"):
-        raise mismatch("model._target_", saved_model["_target_"], our_model.get("_target_"))
+    theirs_cls, ours_cls = saved_model.get("_target_"), our_model.get("_target_")
+    if theirs_cls is not None and theirs_cls != ours_cls and not _extends(ours_cls, theirs_cls):
+        raise mismatch("model._target_", theirs_cls, ours_cls)
     saved_net, our_net = saved_model.get("network") or {}, our_model.get("network") or {}
     for key in sorted(set(saved_net) & set(our_net)):
         if key in TUNABLE_NETWORK_KEYS:
@@ -216,6 +217,17 @@ def check_compatible(ckpt: Mapping[str, Any], cfg: DictConfig, path: Path, uses_
                     f"config has encoder={ours}; add encoder={theirs} to the command line"
                 )
             raise mismatch(f"model.network.{key}", saved_net[key], our_net[key])
+
+
+def _extends(ours: Any, theirs: Any) -> bool:
+    """Whether the policy class named `ours` is the class named `theirs` or a subclass of it (ExactDiffusion loads a
+    DiffusionModel's weights)."""
+    from hydra.utils import get_class
+
+    try:
+        return issubclass(get_class(str(ours)), get_class(str(theirs)))
+    except Exception:  # a class that cannot be imported: the names decide
+        return False
 
 
 # The image encoder classes of the `encoder=` choice (cfg/encoder/), for a one-line mismatch message.
