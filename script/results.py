@@ -6,6 +6,7 @@ makes itself, with the CPU presets (`*_cpu` configs).
     python script/results.py --budget-min 60 --seeds 3      # the headline runs (resume across sessions)
     python script/results.py --baselines                    # also DQL, QSM, DIPO, IDQL, RWR, AWR
     python script/results.py --flow                         # also PPO on a rectified-flow policy
+    python script/results.py --budget-env-steps 324000 --redo lift/ft_dppo_s0   # continue a run under a new budget
 
 For each task: generate data -> pretrain a diffusion and a Gaussian policy -> evaluate both -> fine-tune the
 diffusion policy with DPPO for `--budget-min` minutes of wall time, and the Gaussian one (and the baselines) with
@@ -305,9 +306,13 @@ class Pipeline:
         return extra
 
     def _budget(self, stage: Stage, method: Method, methods: list[Method]) -> list[str]:
-        """DPPO: the wall-time budget; the others: DPPO's env steps of the same seed (and a wall-time cap)."""
+        """DPPO: the wall-time budget (or, with --budget-env-steps, an env-step budget that contention on the cores
+        cannot shrink, under a wall-time cap of 10x); the others: DPPO's env steps of the same seed (and a cap)."""
         minutes = self.args.budget_min
+        env_steps = getattr(self.args, "budget_env_steps", None)
         if method.reference:
+            if env_steps is not None:
+                return [f"train.max_env_steps={env_steps}", f"train.max_wall_min={10 * minutes}"]
             return [f"train.max_wall_min={minutes}"]
         seed = stage.name.rsplit("_s", 1)[1]
         ref = self.stages[f"{stage.task}/ft_{reference_method(methods).key}_s{seed}"]
@@ -331,6 +336,25 @@ class Pipeline:
         return extra
 
     # ---------------------------------------------------------------- which stages run
+    def redo(self, keys: list[str]) -> list[str]:
+        """Forget the summaries of `keys` and of every stage that needs them, directly or not, so that they run again
+        (a fine-tuning run continues from its last checkpoint, e.g. under a larger budget). Returns the keys forgotten.
+        """
+        unknown = [k for k in keys if k not in self.stages]
+        if unknown:
+            raise SystemExit(f"error: --redo {unknown[0]} is not a stage; stages: {', '.join(self.stages)}")
+        gone = set(keys)
+        grew = True
+        while grew:
+            grew = False
+            for key, stage in self.stages.items():
+                if key not in gone and any(d in gone for d in stage.deps):
+                    gone.add(key)
+                    grew = True
+        for key in gone:
+            self.summary_path(self.stages[key]).unlink(missing_ok=True)
+        return [k for k in self.stages if k in gone]
+
     def needed(self) -> list[Stage]:
         """Stages without a summary, plus finished stages whose artifact is gone while a stage that needs it is
         still to run (in build order)."""
@@ -615,7 +639,7 @@ def report(out: Path, methods: list[Method], total_s: float | None) -> Path:
         "",
         "Made by `script/results.py` (`make results`) from data the toolkit generated itself, with the CPU presets",
         "(`*_cpu` configs). Pretrained: the behaviour-cloned policy (one per task); fine-tuned: after the run's",
-        "budget (DPPO: wall time; the others: DPPO's env steps of the same seed). Mean ± std over fine-tuning seeds",
+        "budget (DPPO: wall time or env steps; the others: DPPO's env steps of the same seed). Mean ± std over seeds",
         "(each evaluated with its own evaluation seed); the pretrained column is the same policy evaluated with each",
         "seed's evaluation seed.",
         "",
@@ -734,6 +758,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=sorted(TASKS), metavar="TASK")
     parser.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds 0..N-1 (default 1)")
     parser.add_argument("--budget-min", type=float, default=15.0, help="DPPO's wall-time minutes per fine-tuning run")
+    parser.add_argument(
+        "--budget-env-steps",
+        type=int,
+        default=None,
+        help="instead, DPPO's env steps per fine-tuning run (a budget that sharing the cores cannot shrink)",
+    )
+    parser.add_argument("--redo", nargs="+", default=[], metavar="STAGE", help="run these stages (task/stage) again")
     parser.add_argument("--baselines", action="store_true", help="also DQL, QSM, DIPO, IDQL, RWR and AWR")
     parser.add_argument("--flow", action="store_true", help="also PPO on a rectified-flow policy (ReFlow PPO)")
     parser.add_argument("--device", default="cpu", help="device of every run: cpu (default), cuda, cuda:N")
@@ -744,11 +775,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.budget_min <= 0 or args.jobs < 1:
         parser.error("--seeds and --jobs must be >= 1 and --budget-min > 0")
+    if args.budget_env_steps is not None and args.budget_env_steps < 1:
+        parser.error("--budget-env-steps must be >= 1")
     methods = chosen_methods(args)
     start = time.perf_counter()
     code = 0
     if not args.report_only:
         pipeline = Pipeline(args)
+        if args.redo and not args.dry_run:
+            print(f"running again: {', '.join(pipeline.redo(args.redo))}")
         if args.dry_run:
             for stage in pipeline.needed():
                 print(f"{stage.key}: {shlex.join(stage.cmd)}")

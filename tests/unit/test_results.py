@@ -103,6 +103,32 @@ def test_budgets(tmp_path: Path):
     ]
 
 
+def test_an_env_step_budget_replaces_the_wall_time_for_dppo(tmp_path: Path):
+    pipe = results.Pipeline(args(tmp_path, seeds=1, budget_min=6.0, budget_env_steps=324000))
+    dppo = pipe.stages["avoid_m2/ft_dppo_s0"]
+    assert pipe._budget(dppo, results.METHODS[0], results.METHODS) == [
+        "train.max_env_steps=324000",
+        "train.max_wall_min=60.0",
+    ]
+
+
+def test_redo_forgets_a_stage_and_everything_after_it(tmp_path: Path):
+    pipe = results.Pipeline(args(tmp_path, seeds=1))
+    for key in pipe.stages:
+        write_summary(pipe, key)
+    gone = pipe.redo(["avoid_m2/ft_dppo_s0"])
+    # DPPO's run, its evaluation, and Gaussian PPO (which takes DPPO's env steps) with its evaluation
+    assert set(gone) == {
+        "avoid_m2/ft_dppo_s0",
+        "avoid_m2/eval_dppo_s0",
+        "avoid_m2/ft_gaussian_ppo_s0",
+        "avoid_m2/eval_gaussian_ppo_s0",
+    }
+    assert set(gone) <= {s.key for s in pipe.needed()}  # (with the data and pretraining, whose files are absent here)
+    with pytest.raises(SystemExit, match="is not a stage"):
+        pipe.redo(["avoid_m2/ft_nothing_s0"])
+
+
 def write_metrics(folder: Path, rows: list[dict]) -> None:
     folder.mkdir(parents=True)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
