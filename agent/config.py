@@ -221,15 +221,29 @@ def _first_line(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
+def _constructor_keys(cls: type[Any]) -> list[str] | None:
+    """The keyword arguments `cls(...)` takes, following `**kwargs` that a subclass passes on to its base class's
+    constructor (ShortcutFlowModel, ExactDiffusion); None when they cannot be known (a `**kwargs` that ends
+    nowhere, a builtin)."""
+    keys: list[str] = []
+    for klass in cls.__mro__:
+        if klass is object:
+            return None
+        try:
+            params = inspect.signature(klass).parameters
+        except (TypeError, ValueError):
+            return None
+        keys += [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            return list(dict.fromkeys(keys))
+    return None
+
+
 def _check_keys(node: Any, cls: type[Any], where: str, extra: set[str]) -> None:
     """Reject keys the class does not accept, suggesting the closest valid one; recurse into child targets."""
-    try:
-        params = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
+    valid = _constructor_keys(cls)
+    if valid is None:
         return
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [n for n in params if n != "self"]
     for key in node:
         if str(key).startswith("_") or key in extra:
             continue

@@ -199,3 +199,18 @@ def test_a_unet_velocity_serves_the_flow_policy_and_its_chain():
     assert sample.actions.shape == (5, 4, 2) and sample.chain.shape == (5, 3, 4, 2)
     lp = model.chain_log_prob(cond, sample.chain)
     assert lp.shape == (5, 2, 4, 2) and torch.isfinite(lp).all()
+
+
+def test_a_misspelt_key_of_a_subclass_policy_is_caught_before_building():
+    """ShortcutFlowModel passes **kwargs on to FlowModel: the key check follows them, so a typo of either class's
+    argument is one line with the closest key."""
+    from agent.config import CFG_ROOT, compose, instantiate
+    from agent.errors import ConfigError
+
+    folder = CFG_ROOT / "gym/pretrain/hopper-medium-v2"
+    for typo, fix in (("self_consistency_frac", "self_consistency_fraction"), ("time_samplng", "time_sampling")):
+        cfg = compose(folder, "pre_shortcut_mlp", [f"+model.{typo}=1", "wandb=null"])
+        with pytest.raises(
+            ConfigError, match=f"model.{typo} is not a parameter of ShortcutFlowModel; did you mean model.{fix}"
+        ):
+            instantiate(cfg.model, "model")
