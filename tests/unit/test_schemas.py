@@ -15,11 +15,13 @@ from agent.schemas import (
     DQLTrain,
     Ema,
     FQLTrain,
+    IBRLTrain,
     IDQLTrain,
     LrScheduler,
     PPOTrain,
     PretrainTrain,
     QSMTrain,
+    RLPDTrain,
     RWRTrain,
     SACTrain,
     load_block,
@@ -113,6 +115,8 @@ FINETUNE_SCHEMAS = {
     "RWRAgent": RWRTrain,
     "FQLAgent": FQLTrain,
     "SACAgent": SACTrain,
+    "RLPDAgent": RLPDTrain,
+    "IBRLAgent": IBRLTrain,
 }
 
 
