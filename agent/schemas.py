@@ -478,6 +478,31 @@ class IBRLTrain(ReplayTrain):
 
 
 @dataclass
+class CalQLTrain(SACTrain):
+    """`train` block of Cal-QL (docs/algorithms.md#cal-ql): SAC's keys plus the ones below.
+
+    Attributes:
+        cql_weight: lambda, the weight of the conservative penalty.
+        n_random_actions: uniform actions per state in the penalty.
+        n_target_actions: policy samples at s' for the max-backup target.
+        offline_fraction: online stage: the share of each batch drawn from the offline dataset.
+    """
+
+    cql_weight: float = 5.0
+    n_random_actions: int = 4
+    n_target_actions: int = 10
+    offline_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.cql_weight >= 0, f"train.cql_weight must be >= 0, got {self.cql_weight}")
+        for key in ("n_random_actions", "n_target_actions"):
+            require(getattr(self, key) >= 1, f"train.{key} must be >= 1, got {getattr(self, key)}")
+        f = self.offline_fraction
+        require(0.0 <= f < 1.0, f"train.offline_fraction must be in [0, 1), got {f}")
+
+
+@dataclass
 class QSMTrain(ReplayTrain):
     """`train` block of Q-score matching (docs/algorithms.md#qsm).
 
@@ -743,6 +768,7 @@ SCHEMAS: dict[str, type] = {
     "sac_train": SACTrain,
     "rlpd_train": RLPDTrain,
     "ibrl_train": IBRLTrain,
+    "calql_train": CalQLTrain,
     "qsm_train": QSMTrain,
     "dipo_train": DIPOTrain,
     "idql_train": IDQLTrain,
@@ -815,6 +841,7 @@ __all__ = [
     "SACTrain",
     "RLPDTrain",
     "IBRLTrain",
+    "CalQLTrain",
     "Ema",
     "FinetuneTrain",
     "OnPolicyTrain",

@@ -42,6 +42,7 @@ DOCUMENTED = [
     schemas.SACTrain,
     schemas.RLPDTrain,
     schemas.IBRLTrain,
+    schemas.CalQLTrain,
     schemas.QSMTrain,
     schemas.DIPOTrain,
     schemas.IDQLTrain,

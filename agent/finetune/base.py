@@ -51,6 +51,7 @@ from agent.finetune.loading import (
     load_policy_weights,
     pretrain_command,
     warm_start_critics,
+    warm_start_modules,
 )
 from agent.nonfinite import check_nan_policy, diverged, non_finite_losses, non_finite_parameters
 from agent.rollout import (
@@ -243,6 +244,8 @@ class FinetuneAgent(BaseAgent):
         self.algorithm = self.algorithm_class.from_config(self.exp, self.policy, self.device)
         if self._dppo_base is not None:  # DPPO's fine-tuning checkpoint also carries its critics
             warm_start_critics(self.algorithm.modules, *self._dppo_base)
+        if self._own_base is not None:  # so does one of ours (e.g. Cal-QL's offline run for its online stage)
+            warm_start_modules(self.algorithm.modules, *self._own_base)
         threshold = env_cfg.best_reward_threshold_for_success
         self.episodes = EpisodeStats(self.n_envs, threshold, env_reports_success(env_cfg.name))
         self.success_threshold = threshold
@@ -263,6 +266,7 @@ class FinetuneAgent(BaseAgent):
         base = self.run_cfg.base_policy_path
         source = self.resume_path or (find_checkpoint(base) if base else None)
         self._dppo_base: tuple[Mapping[str, Any], Path] | None = None
+        self._own_base: tuple[Mapping[str, Any], Path] | None = None
         if source is None:
             log.info("no base_policy_path: training from a freshly initialised policy")
             return None
@@ -273,6 +277,8 @@ class FinetuneAgent(BaseAgent):
         if self.resume_path is None:
             if is_dppo_checkpoint(ckpt) and "itr" in ckpt:
                 self._dppo_base = (ckpt, Path(source))
+            elif ckpt.get("kind") == "finetune" and isinstance(ckpt.get("algorithm"), Mapping):
+                self._own_base = (ckpt["algorithm"].get("modules") or {}, Path(source))
             kind = load_policy_weights(self.policy, ckpt, self.cfg, Path(source))
             log.info("loaded %s weights from %s", "EMA" if kind == "pretrain" else "fine-tuned", source)
         else:  # checked before the envs start

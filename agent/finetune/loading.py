@@ -625,6 +625,26 @@ def from_dppo_checkpoint(ckpt: Mapping[str, Any], policy: Policy, path: Path) ->
     return {"kind": "finetune", "itr": ckpt.get("itr"), "ft_denoising_steps": ft_steps, "model": model}
 
 
+def warm_start_modules(modules: Mapping[str, nn.Module], saved: Mapping[str, Any], path: Path) -> list[str]:
+    """Load the algorithm modules (critics, targets, temperature) that a fine-tuning checkpoint of this toolkit holds
+    under the same names and shapes (Cal-QL's online stage from its offline run); optimiser states are not taken.
+    A module absent or of another shape keeps its initial weights (logged). Returns the names loaded."""
+    loaded = []
+    for name, module in modules.items():
+        state = saved.get(name)
+        if not isinstance(state, Mapping):
+            continue
+        ours = module.state_dict()
+        if set(state) != set(ours) or any(tuple(state[k].shape) != tuple(v.shape) for k, v in ours.items()):
+            log.warning("%s: its %s does not fit this one; it starts from scratch", path, name)
+            continue
+        module.load_state_dict(state)
+        loaded.append(name)
+    if loaded:
+        log.info("%s: %s taken from the checkpoint (a warm start; the optimisers start afresh)", path, loaded)
+    return loaded
+
+
 def warm_start_critics(modules: Mapping[str, nn.Module], ckpt: Mapping[str, Any], path: Path) -> list[str]:
     """Load the critics of a DPPO fine-tuning checkpoint into an algorithm's modules of the same names (`critic`,
     `critic_v`, ...), and each loaded critic's weights into its `<name>_target` copy too.

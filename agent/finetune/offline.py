@@ -29,10 +29,17 @@ class OfflineTransitions:
         normalization: obs_min, obs_max, action_min, action_max arrays (the run's statistics).
         device: where the tensors live.
         reward_scale: rewards are multiplied by this (the online buffer's `scale_reward_factor`).
+        gamma: with it, each transition also carries its discounted reward-to-go to the end of its trajectory
+            (`mc_returns`, Cal-QL), of the scaled rewards and without a bootstrap.
     """
 
     def __init__(
-        self, path: str | Path, normalization: Mapping[str, np.ndarray], device: torch.device, reward_scale: float = 1.0
+        self,
+        path: str | Path,
+        normalization: Mapping[str, np.ndarray],
+        device: torch.device,
+        reward_scale: float = 1.0,
+        gamma: float | None = None,
     ) -> None:
         path = Path(path)
         if not path.is_file():
@@ -60,6 +67,15 @@ class OfflineTransitions:
         self.actions = as_tensor(norm.normalize_action(actions[keep])).unsqueeze(1)  # (N, 1, Da)
         self.rewards = as_tensor(rewards[keep] * reward_scale)
         self.terminated = as_tensor(terminals[keep])
+        self.mc_returns: Tensor | None = None
+        if gamma is not None:
+            togo = np.zeros(len(states))
+            for end, length in zip(ends, lengths, strict=True):  # each trajectory backwards from its last step
+                g = 0.0
+                for i in range(end, end - length, -1):
+                    g = rewards[i] * reward_scale + gamma * g
+                    togo[i] = g
+            self.mc_returns = as_tensor(togo[keep])
         self.device = device
 
     def __len__(self) -> int:
@@ -75,13 +91,16 @@ class OfflineTransitions:
             next_obs={"state": self.next_obs[idx]},
             terminated=self.terminated[idx],
             indices=idx,
+            mc_returns=None if self.mc_returns is None else self.mc_returns[idx],
         )
 
 
 def concat(a: Transitions, b: Transitions) -> Transitions:
     """The rows of `a` then those of `b`."""
 
-    def cat(x: Tensor | dict[str, Tensor], y: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+    def cat(x: Tensor | dict[str, Tensor] | None, y: Tensor | dict[str, Tensor] | None) -> object:
+        if x is None or y is None:  # a field only one side has (mc_returns) is dropped
+            return None
         if isinstance(x, dict) and isinstance(y, dict):
             return {k: torch.cat((x[k], y[k])) for k in x}
         assert isinstance(x, Tensor) and isinstance(y, Tensor)

@@ -19,6 +19,7 @@ class Transitions(NamedTuple):
         next_obs: observation dict after the chunk (the pre-reset observation where the episode ended).
         terminated: (B,) float, 1 where s' is terminal (no bootstrap).
         indices: (B,) long, the rows' flat buffer indices (for writing actions back, or gathering targets).
+        mc_returns: (B,) the discounted reward-to-go of each row's episode from it (Cal-QL), or None.
     """
 
     obs: dict[str, Tensor]
@@ -27,6 +28,7 @@ class Transitions(NamedTuple):
     next_obs: dict[str, Tensor]
     terminated: Tensor
     indices: Tensor
+    mc_returns: Tensor | None = None
 
 
 class ReplayBuffer:
@@ -143,6 +145,16 @@ class ReplayBuffer:
     def set_actions(self, indices: Tensor, actions: Tensor) -> None:
         """Overwrite the stored actions at flat `indices` (B,) with `actions` (B, Te, Da) (DIPO)."""
         self.flat(self.actions)[indices] = actions.to(self.actions.dtype)
+
+    def returns_to_go(self, gamma: float) -> Tensor:
+        """(C * E,) flat: each stored transition's discounted sum of rewards to the end of its episode, without a
+        bootstrap where the stored episode stops (an episode still running, or cut by a reset); 0 in empty slots."""
+        out = torch.zeros_like(self.rewards)
+        g = torch.zeros(self.n_envs, device=self.device)
+        for slot in reversed(self.time_order().tolist()):
+            g = self.rewards[slot] + gamma * (~self.episode_end[slot]).float() * g
+            out[slot] = g
+        return self.flat(out)
 
     def time_order(self) -> Tensor:
         """(n_filled,) slot indices from the oldest stored step to the newest."""

@@ -41,6 +41,10 @@ CONFIGS += sorted(CFG_ROOT.glob("gym/scratch/*/rlpd_mlp.yaml")) + sorted(
     CFG_ROOT.glob("robomimic/scratch/*/rlpd_mlp*.yaml")
 )
 CONFIGS += [CFG_ROOT / "robomimic/finetune/lift/rlpd_mlp.yaml"]
+# Cal-QL (DPPO's calql_mlp_offline / calql_mlp_online files)
+CONFIGS += sorted(CFG_ROOT.glob("*/pretrain/*/calql_mlp_offline*.yaml")) + sorted(
+    CFG_ROOT.glob("*/finetune/*/calql_mlp_online*.yaml")
+)
 # IBRL (DPPO's ibrl_mlp files)
 CONFIGS += sorted(CFG_ROOT.glob("*/finetune/*/ibrl_mlp*.yaml"))
 # flow Q-learning on the flow policy (not in DPPO): the same checks
@@ -60,11 +64,13 @@ AGENTS = {
     "sac": "agent.finetune.sac.SACAgent",
     "rlpd": "agent.finetune.rlpd.RLPDAgent",
     "ibrl": "agent.finetune.ibrl.IBRLAgent",
+    "calql": "agent.finetune.calql.CalQLAgent",
 }
 
 
 def algo_of(path: Path) -> str:
-    return path.stem.split("_")[0 if path.parts[-3] == "scratch" or path.stem.startswith(("rlpd", "ibrl")) else 1]
+    first = path.parts[-3] == "scratch" or path.stem.startswith(("rlpd", "ibrl", "calql"))
+    return path.stem.split("_")[0 if first else 1]
 
 
 def params(paths: list[Path], slow_suites: tuple[str, ...] = ()) -> list:
@@ -185,13 +191,17 @@ def test_robomimic_baseline_values_are_the_reference_ones(task: str):
 @pytest.mark.parametrize("path", params(CONFIGS))
 def test_baseline_config_matches_its_pretraining_config(path: Path, tmp_dirs: Path):
     cfg = load(path)
-    assert cfg._target_ == AGENTS[algo_of(path)]
+    offline_stage = cfg._target_ == "agent.finetune.calql.CalQLOfflineAgent"
+    assert cfg._target_ == AGENTS[algo_of(path)] or offline_stage
     assert cfg.env.name == cfg.env_name and cfg.get("ft_denoising_steps", 0) == 0
     assert cfg.model.get("ft_denoising_steps", 0) == 0
     assert cfg.horizon_steps == cfg.act_steps
+    if algo_of(path) == "calql" and not offline_stage:  # its base is the offline stage's run
+        assert Path(cfg.base_policy_path).name == cfg.pretrain_name
+        return
     if cfg.base_policy_path is None:  # from scratch
-        assert (path.parts[-3] == "scratch" or algo_of(path) == "rlpd") and cfg.horizon_steps == 1
-        assert algo_of(path) in ("sac", "rlpd") or (cfg.denoising_steps, cfg.env.n_envs) == (10, 10)
+        assert (path.parts[-3] == "scratch" or algo_of(path) in ("rlpd", "calql")) and cfg.horizon_steps == 1
+        assert algo_of(path) in ("sac", "rlpd", "calql") or (cfg.denoising_steps, cfg.env.n_envs) == (10, 10)
         return
     pre = pretrain_config_of(cfg)
     OmegaConf.resolve(pre)
@@ -250,6 +260,7 @@ TINY_ALGO = {
     "sac": ["train.n_explore_steps=0"],
     "rlpd": ["train.n_explore_steps=0", "train.critic_updates_per_actor=1"],
     "ibrl": ["train.critic_updates_per_actor=1"],
+    "calql": ["train.n_target_actions=2", "train.n_random_actions=2"],
 }
 MODULES = {
     "dql": {"critic", "critic_target"},
@@ -262,6 +273,7 @@ MODULES = {
     "sac": {"critic", "critic_target", "temperature"},
     "rlpd": {"critic", "critic_target", "temperature"},
     "ibrl": {"critic", "critic_target", "bc_policy", "actor_target"},
+    "calql": {"critic", "critic_target", "temperature"},
 }
 
 
@@ -271,7 +283,9 @@ def test_baseline_config_runs_two_iterations(path: Path, tmp_dirs: Path):
     probe = load(path)
     skip_unless_suite_available(probe.env_name)
     overrides = [*TINY, *([] if algo == "rwr" else TINY_REPLAY), *TINY_ALGO.get(algo, [])]
-    if probe.base_policy_path is None:  # from scratch: the env still normalises with the dataset's statistics
+    if algo == "calql":  # the online stage starts from the offline one's run; here from scratch
+        overrides.append("base_policy_path=null")
+    if probe.base_policy_path is None or algo == "calql":  # from scratch: the env normalises with the data's stats
         write_normalization(Path(probe.normalization_path), probe.obs_dim, probe.action_dim)
         if algo == "rwr":  # single-step chunks: 2-step episodes end twice in 4 chunks
             overrides.append("env.max_episode_steps=2")
@@ -279,7 +293,7 @@ def test_baseline_config_runs_two_iterations(path: Path, tmp_dirs: Path):
         pre = pretrain_config_of(probe)
         ckpt = write_pretrain_checkpoint(tmp_dirs / "pre" / "checkpoint" / "state_1.pt", pre)
         overrides.append(f"base_policy_path={ckpt.parent.parent}")
-    if algo in ("rlpd", "ibrl"):  # their offline transitions
+    if algo in ("rlpd", "ibrl", "calql"):  # their offline transitions
         rng = np.random.default_rng(0)
         Path(probe.offline_dataset_path).parent.mkdir(parents=True, exist_ok=True)
         np.savez(
@@ -295,7 +309,7 @@ def test_baseline_config_runs_two_iterations(path: Path, tmp_dirs: Path):
     agent.run()
     elapsed = time.perf_counter() - start
     rows = read_metrics(agent.logdir)
-    train = [r for r in rows if "train/reward_mean" in r]
+    train = [r for r in rows if "train/reward_mean" in r or "train/n_updates" in r]  # (Cal-QL offline: no rollouts)
     assert [r["step"] for r in train] == [1, 2]
     assert [r["step"] for r in rows if "eval/n_episodes" in r] == [0, 1, 2]
     if algo == "rwr":
@@ -306,7 +320,7 @@ def test_baseline_config_runs_two_iterations(path: Path, tmp_dirs: Path):
         assert "train/actor_loss" not in train[0], "the warm-up iteration must not train the actor"
         for key in (critic_key, "train/actor_loss"):
             assert train[1][key] is not None and math.isfinite(train[1][key]), (key, train[1])
-        assert train[1]["train/buffer_transitions"] == 2 * 4 * 2
+        assert cfg._target_.endswith("OfflineAgent") or train[1]["train/buffer_transitions"] == 2 * 4 * 2
     saved = load_checkpoint(latest_checkpoint(agent.logdir))
     assert saved["itr"] == 2 and saved["kind"] == "finetune" and saved["ft_denoising_steps"] == 0
     assert set(saved["algorithm"]["modules"]) == MODULES[algo]

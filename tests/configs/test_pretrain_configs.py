@@ -11,7 +11,8 @@ from agent.checkpoint import latest_checkpoint, load_checkpoint
 from agent.config import CFG_ROOT, compose
 from tests.conftest import make_demo_npz
 
-PRETRAIN_CONFIGS = sorted(p for p in CFG_ROOT.glob("*/pretrain/*/*.yaml"))
+# behaviour-cloning configs (Cal-QL's offline stage, also under pretrain/, is tested with the other algorithms)
+PRETRAIN_CONFIGS = sorted(p for p in CFG_ROOT.glob("*/pretrain/*/*.yaml") if not p.stem.startswith("calql"))
 
 
 def test_every_dppo_pretrain_config_exists():
