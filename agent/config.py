@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ast
 import difflib
-import inspect
 import math
 import operator
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from datetime import datetime
@@ -191,6 +191,10 @@ def compose(config_dir: str | Path, config_name: str, overrides: list[str] | Non
 def instantiate(node: Any, where: str, **kwargs: Any) -> Any:
     """`hydra.utils.instantiate` that turns a wrong key or impossible value into one `ConfigError` line.
 
+    A key the class does not take is named with its full path and, when the node holds a key spelt almost the same,
+    that key as a suggestion (`model.network.mlp_dim is not a parameter of DiffusionMLP; did you mean
+    model.network.mlp_dims?`).
+
     Args:
         node: a config node with `_target_`.
         where: its config path (e.g. `model.network`), named in the error.
@@ -206,61 +210,45 @@ def instantiate(node: Any, where: str, **kwargs: Any) -> Any:
         cls = get_class(node._target_)
     except Exception as exc:
         raise ConfigError(f"{where}._target_={node._target_} cannot be imported ({exc})") from exc
-    _check_keys(node, cls, where, extra=set(kwargs))
     try:
         return hydra_instantiate(node, **kwargs, _recursive_=True, _convert_="all")
     except InstantiationException as exc:
-        cause = exc.__cause__ or exc
-        raise ConfigError(f"{where} ({cls.__name__}): {_first_line(cause)}") from exc
+        raise ConfigError(_instantiation_error(node, where, exc)) from exc
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where} ({cls.__name__}): {_first_line(exc)}") from exc
+
+
+_FULL_KEY = re.compile(r"^full_key: (\S+)$", re.MULTILINE)
+_UNEXPECTED_KEYWORD = re.compile(r"got an unexpected keyword argument '(\w+)'")
+
+
+def _instantiation_error(node: Any, where: str, exc: Exception) -> str:
+    """One line for Hydra's failure to build `node` (or a child node): the failing node's path and class, then the
+    unknown key with a suggestion, or the constructor's own message."""
+    cause = exc.__cause__ or exc
+    failing, path = node, where
+    match = _FULL_KEY.search(str(exc))
+    full_key = match.group(1) if match else ""
+    relative = full_key[len(where) + 1 :] if full_key.startswith(f"{where}.") else "" if full_key == where else full_key
+    for part in filter(None, relative.split(".")):
+        if not isinstance(failing, DictConfig) or part not in failing:
+            break
+        failing, path = failing[part], f"{path}.{part}"
+    target = failing.get("_target_") if isinstance(failing, DictConfig) else None
+    name = str(target or node._target_).rsplit(".", 1)[-1]
+    unexpected = _UNEXPECTED_KEYWORD.search(str(cause))
+    if unexpected is None:
+        return f"{path} ({name}): {_first_line(cause)}"
+    key = unexpected.group(1)
+    others = [str(k) for k in failing if not str(k).startswith("_") and k != key] if target else []
+    close = difflib.get_close_matches(key, others, n=1, cutoff=0.8)
+    hint = f"did you mean {path}.{close[0]}?" if close else f"see the Args in the docstring of {target}"
+    return f"{path}.{key} is not a parameter of {name}; {hint}"
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__
-
-
-def _constructor_keys(cls: type[Any]) -> list[str] | None:
-    """The keyword arguments `cls(...)` takes, following `**kwargs` that a subclass passes on to its base class's
-    constructor (ShortcutFlowModel, ExactDiffusion); None when they cannot be known (a `**kwargs` that ends
-    nowhere, a builtin)."""
-    keys: list[str] = []
-    for klass in cls.__mro__:
-        if klass is object:
-            return None
-        try:
-            params = inspect.signature(klass).parameters
-        except (TypeError, ValueError):
-            return None
-        keys += [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            return list(dict.fromkeys(keys))
-    return None
-
-
-def _check_keys(node: Any, cls: type[Any], where: str, extra: set[str]) -> None:
-    """Reject keys the class does not accept, suggesting the closest valid one; recurse into child targets."""
-    valid = _constructor_keys(cls)
-    if valid is None:
-        return
-    for key in node:
-        if str(key).startswith("_") or key in extra:
-            continue
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"did you mean {where}.{close[0]}?" if close else f"valid keys: {', '.join(valid)}"
-            raise ConfigError(f"{where}.{key} is not a parameter of {cls.__name__}; {hint}")
-    for key in node:
-        child = node[key]
-        if isinstance(child, DictConfig) and "_target_" in child:
-            from hydra.utils import get_class
-
-            try:
-                child_cls = get_class(child._target_)
-            except Exception as exc:
-                raise ConfigError(f"{where}.{key}._target_={child._target_} cannot be imported ({exc})") from exc
-            _check_keys(child, child_cls, f"{where}.{key}", extra=set())
 
 
 def resolve_config(cfg: DictConfig) -> None:

@@ -19,8 +19,11 @@ def test_quickstart_fast(tmp_path):
         timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    for label in ("pretrained", "fine-tuned"):
-        result = json.loads((tmp_path / f"eval_{label}" / "eval_result.json").read_text())
-        assert result["n_episodes"] == 200 and 0.0 <= result["success_rate"] <= 1.0
-    assert (tmp_path / "finetune" / "curves.png").stat().st_size > 5000
-    assert "fine-tuned" in out.stdout.splitlines()[-3]
+    for family in ("diffusion", "reflow"):
+        for label in ("pretrained", "finetuned"):
+            result = json.loads((tmp_path / family / f"eval_{label}" / "eval_result.json").read_text())
+            assert result["n_episodes"] == 200 and 0.0 <= result["success_rate"] <= 1.0
+    assert (tmp_path / "curves.png").stat().st_size > 5000
+    table = out.stdout.splitlines()[-7:-2]
+    assert [line.split()[0] for line in table] == ["policy", "diffusion", "diffusion", "reflow", "reflow"], table
+    assert "fine-tuned (DPPO)" in table[2] and "fine-tuned (ReFlow PPO)" in table[4]

@@ -55,8 +55,21 @@ def test_ddim_limits_ft_steps():
 
 
 def test_instantiate_rejects_unknown_key_with_suggestion():
+    """A key the constructor does not take is one line with its path; the node's key spelt almost the same (an
+    appended typo beside the real key) is suggested, a merely similar one (in_features) is not."""
+    node = OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 3, "out_feature": 3})
+    with pytest.raises(
+        ConfigError, match=r"^net.out_feature is not a parameter of Linear; did you mean net.out_features\?$"
+    ):
+        instantiate(node, "net")
     node = OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 2, "out_feature": 3})
-    with pytest.raises(ConfigError, match="did you mean net.out_features"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^net.out_feature is not a parameter of Linear; see the Args in the docstring of torch.nn.Linear$",
+    ):
+        instantiate(node, "net")
+    node = OmegaConf.create({"_target_": "torch.nn.Sequential", "0": {"_target_": "torch.nn.Linear", "in_feature": 2}})
+    with pytest.raises(ConfigError, match=r"^net.0.in_feature is not a parameter of Linear"):
         instantiate(node, "net")
     node = OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 3})
     assert isinstance(instantiate(node, "net"), torch.nn.Linear)

@@ -202,8 +202,8 @@ def test_a_unet_velocity_serves_the_flow_policy_and_its_chain():
 
 
 def test_a_misspelt_key_of_a_subclass_policy_is_caught_before_building():
-    """ShortcutFlowModel passes **kwargs on to FlowModel: the key check follows them, so a typo of either class's
-    argument is one line with the closest key."""
+    """ShortcutFlowModel passes **kwargs on to FlowModel: a typo of either class's argument is one line naming the
+    configured class and the closest key."""
     from agent.config import CFG_ROOT, compose, instantiate
     from agent.errors import ConfigError
 
