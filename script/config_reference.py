@@ -1,5 +1,7 @@
 """Write docs/config-reference.md from the typed config schemas (agent/schemas.py): one table per block with each
-key's type, default and meaning (taken from the schema's docstring).
+key's type, default and meaning (taken from the schema's docstring); then the same for every class a config builds
+through `_target_` under `model/` (policies, networks, critics, encoders), from its constructor and the `Args:`
+section of its docstring.
 
     python script/config_reference.py           # rewrite docs/config-reference.md
     python script/config_reference.py --check   # exit 1 when the file is out of date (the tests run this)
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -55,20 +59,20 @@ DOCUMENTED = [
 ]
 
 
-def attribute_docs(cls: type) -> dict[str, str]:
-    """`name: text` entries of the `Attributes:` section of `cls`'s docstring (continuation lines joined)."""
+def attribute_docs(cls: type, heading: str = "Attributes:") -> dict[str, str]:
+    """`name: text` entries of the `heading` section of `cls`'s docstring (continuation lines joined; an entry
+    `a, b, c: text` gives each name the text)."""
     doc = cls.__doc__ or ""
-    section = doc.split("Attributes:", 1)[1] if "Attributes:" in doc else ""
-    out: dict[str, str] = {}
-    current = None
+    section = doc.split(heading, 1)[1] if heading in doc else ""
+    section = re.split(r"\n\s{4}\w[\w ]*:\n", section, maxsplit=1)[0]  # up to the next section (Shapes:, ...)
+    entries: list[tuple[list[str], str]] = []
     for line in section.splitlines():
-        m = re.match(r"\s{8}(\w+): (.*)", line)
+        m = re.match(r"\s{8}(\w+(?:, (?:\w+|\.\.\.))*): (.*)", line)
         if m:
-            current = m.group(1)
-            out[current] = m.group(2).strip()
-        elif current and line.strip():
-            out[current] += " " + line.strip()
-    return out
+            entries.append(([n for n in m.group(1).split(", ") if n != "..."], m.group(2).strip()))
+        elif entries and line.strip():
+            entries[-1] = (entries[-1][0], f"{entries[-1][1]} {line.strip()}")
+    return {name: text for names, text in entries for name in names}
 
 
 def default_of(f: dataclasses.Field) -> str:
@@ -82,6 +86,59 @@ def default_of(f: dataclasses.Field) -> str:
     return "(required)"
 
 
+def model_targets() -> list[str]:
+    """Every `_target_` under `model.` that a config in cfg/ names, sorted."""
+    found = set()
+    for path in (REPO / "cfg").rglob("*.yaml"):
+        found.update(re.findall(r"_target_:\s*(model\.[\w.]+)", path.read_text()))
+    return sorted(found)
+
+
+def constructor_keys(cls: type) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) of each keyword `cls(...)` takes from a config, following `*args`/`**kwargs`
+    that a subclass passes on to its base class (ShortcutFlowModel -> FlowModel)."""
+    rows: dict[str, tuple[str, str, str, str]] = {}
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's text wins; a key it documents as "as <base>" takes the base's
+        docs.update(
+            {k: v for k, v in attribute_docs(klass, "Args:").items() if k not in docs or not v.startswith("as ")}
+        )
+    for klass in cls.__mro__:
+        if klass is object or "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        for name, p in params.items():
+            if name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or name in rows:
+                continue
+            kind = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+            default = "(required)" if p.default is p.empty else repr(p.default)
+            rows[name] = (name, kind, default, docs.get(name, ""))
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
+    return list(rows.values())
+
+
+def render_targets() -> list[str]:
+    lines = [
+        "",
+        "## Classes built from `_target_` (the `model` block)",
+        "",
+        "The policy (`model` itself), its network (`model.network`), critics and encoders are built by",
+        "`hydra.utils.instantiate` from the class their `_target_` names; the class's constructor is their schema:",
+        "its arguments are the keys, with the defaults and checks in one place. A key the constructor does not take",
+        "is one error line naming it (`agent.config.instantiate`). PPO's own `model` keys are `PPOModel` above.",
+    ]
+    for target in model_targets():
+        module, name = target.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        summary = " ".join(line.strip() for line in (cls.__doc__ or "").strip().split("\n\n")[0].splitlines())
+        lines += ["", f"### `{target}`", "", summary, "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for cells in constructor_keys(cls):
+            cells = (f"`{cells[0]}`", f"`{cells[1]}`", f"`{cells[2]}`", cells[3])
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
+
+
 def render() -> str:
     store_names = {cls: name for name, cls in SCHEMAS.items()}
     lines = [
@@ -93,7 +150,8 @@ def render() -> str:
         "whose checks give one-line errors. A schema that extends another lists only the keys it adds or whose",
         "default it changes. The top-level keys and PPO's `model` keys share their block with other keys, so they are",
         "built from it without being merged onto it. The policy and critic entries of `model` are built from their",
-        "`_target_` class, whose constructor arguments are their schema (see [architecture.md](architecture.md)).",
+        "`_target_` class, whose constructor arguments are their schema (see [architecture.md](architecture.md)); they",
+        "are listed after the blocks.",
     ]
     for cls in DOCUMENTED:
         summary = " ".join(line.strip() for line in (cls.__doc__ or "").strip().split("\n\n")[0].splitlines())
@@ -114,6 +172,7 @@ def render() -> str:
             kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             cells = [f"`{f.name}`", f"`{kind}`", f"`{default_of(f)}`", docs.get(f.name, "")]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += render_targets()
     return "\n".join(lines) + "\n"
 
 
