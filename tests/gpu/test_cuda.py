@@ -1,5 +1,5 @@
-"""CPU against CUDA: each policy family's pretraining step and sampling call, and one DPPO update, give the same
-numbers on both devices.
+"""CPU against CUDA: each policy family's pretraining step and sampling call (flow policies included), and one PPO
+update of DPPO and of the flow policy, give the same numbers on both devices.
 
 Both runs start from the same weights (built on the CPU from the same seed, then moved) and draw the same random
 numbers: the `host_rng` fixture makes every `torch.rand/randn/randint/randperm/multinomial` call (and the `*_like`
@@ -46,6 +46,8 @@ FAMILIES = (
     "gaussian_transformer",
     "gmm_mlp",
     "gmm_transformer",
+    "reflow_mlp",
+    "shortcut_mlp",
 )
 HOPPER_FT = CFG_ROOT / "gym/finetune/hopper-v2"
 STEPS, ENVS = 5, 8  # the synthetic rollout of the DPPO test: S chunks in each of E envs
@@ -125,21 +127,25 @@ def test_pretrain_step_and_sampling_match_the_cpu(name: str, tmp_dirs: Path, hos
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# one DPPO update
+# one PPO update: DPPO and the flow policy
 
 
-def hopper_ppo(device: torch.device) -> PPO:
-    """The hopper DPPO config's policy (K = 20, K' = 10, residual MLP 512x3) and critic on `device`, one epoch of
-    one minibatch (a single AdamW step), no KL stop."""
+PPO_CONFIGS = {"ft_ppo_diffusion_mlp": 10, "ft_ppo_reflow_mlp": 4}
+"""Hopper PPO configs and their fine-tuned chain steps K': DPPO (K = 20, K' = 10) and the flow policy (K = K' = 4)."""
+
+
+def hopper_ppo(device: torch.device, name: str = "ft_ppo_diffusion_mlp") -> PPO:
+    """The hopper PPO config `name`'s policy (residual MLP 512x3) and critic on `device`, one epoch of one
+    minibatch (a single AdamW step), no KL stop."""
     overrides = [
         "wandb=null",
         f"train.n_steps={STEPS}",
         f"env.n_envs={ENVS}",
-        f"train.batch_size={STEPS * ENVS * 10}",
+        f"train.batch_size={STEPS * ENVS * PPO_CONFIGS[name]}",
         "train.update_epochs=1",
         "train.target_kl=null",
     ]
-    cfg = compose(HOPPER_FT, "ft_ppo_diffusion_mlp", overrides)
+    cfg = compose(HOPPER_FT, name, overrides)
     torch.manual_seed(0)
     policy = build_policy(cfg, PPO.model_keys).to(device)
     return PPO.from_config(Experiment.from_config(cfg, PPO), policy, device)
@@ -176,8 +182,9 @@ def module_params(*modules: nn.Module) -> list[Tensor]:
     return [p for m in modules for p in m.parameters()]
 
 
-def test_dppo_update_matches_the_cpu(host_rng: None) -> None:
-    algos = [hopper_ppo(DEVICE), hopper_ppo(torch.device("cpu"))]
+@pytest.mark.parametrize("name", PPO_CONFIGS)
+def test_ppo_update_matches_the_cpu(name: str, host_rng: None) -> None:
+    algos = [hopper_ppo(DEVICE, name), hopper_ppo(torch.device("cpu"), name)]
     buffers = [rollout(algo, algo.clip_coefs.device) for algo in algos]
     for key, want in buffer_tensors(buffers[1]).items():  # sampled chains, critic values, GAE
         got = buffer_tensors(buffers[0])[key]
