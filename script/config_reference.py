@@ -15,6 +15,7 @@ import importlib
 import inspect
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,6 +87,16 @@ def default_of(f: dataclasses.Field) -> str:
     return "(required)"
 
 
+def doc_summary(cls: type) -> str:
+    """The first paragraph of `cls`'s docstring, on one line."""
+    return " ".join(line.strip() for line in (cls.__doc__ or "").strip().split("\n\n")[0].splitlines())
+
+
+def table_row(cells: Sequence[str]) -> str:
+    """One markdown table row (a `|` inside a cell escaped)."""
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
 def model_targets() -> list[str]:
     """Every `_target_` under `model.` that a config in cfg/ names, sorted."""
     found = set()
@@ -131,11 +142,11 @@ def render_targets() -> list[str]:
     for target in model_targets():
         module, name = target.rsplit(".", 1)
         cls = getattr(importlib.import_module(module), name)
-        summary = " ".join(line.strip() for line in (cls.__doc__ or "").strip().split("\n\n")[0].splitlines())
+        summary = doc_summary(cls)
         lines += ["", f"### `{target}`", "", summary, "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for cells in constructor_keys(cls):
             cells = (f"`{cells[0]}`", f"`{cells[1]}`", f"`{cells[2]}`", cells[3])
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            lines.append(table_row(cells))
     return lines
 
 
@@ -154,7 +165,7 @@ def render() -> str:
         "are listed after the blocks.",
     ]
     for cls in DOCUMENTED:
-        summary = " ".join(line.strip() for line in (cls.__doc__ or "").strip().split("\n\n")[0].splitlines())
+        summary = doc_summary(cls)
         docs = attribute_docs(cls)
         bases = [b for b in cls.__bases__ if dataclasses.is_dataclass(b)]
         inherited = {f.name: default_of(f) for b in bases for f in dataclasses.fields(b)}
@@ -171,7 +182,7 @@ def render() -> str:
                 continue
             kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             cells = [f"`{f.name}`", f"`{kind}`", f"`{default_of(f)}`", docs.get(f.name, "")]
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            lines.append(table_row(cells))
     lines += render_targets()
     return "\n".join(lines) + "\n"
 

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 REPO = Path(__file__).resolve().parent.parent
 TASK = "avoid_m2"
 
@@ -77,13 +79,13 @@ def pipeline(
         env,
     )
     ft_ckpt = folder / "finetune" / "checkpoint" / f"state_{itrs}.pt"
-    k_ft = 10 if family == "diffusion" else 4  # the fine-tuning configs' ft_denoising_steps
+    k_ft = OmegaConf.load(folder / "finetune" / "config.yaml").ft_denoising_steps  # as the run was fine-tuned
     results = {}
-    for label, ckpt, steps in (
-        (f"{family} pretrained", pre_ckpt, 0),
-        (f"{family} fine-tuned ({method})", ft_ckpt, k_ft),
+    for label, name, ckpt, steps in (
+        (f"{family} pretrained", "pretrained", pre_ckpt, 0),
+        (f"{family} fine-tuned ({method})", "finetuned", ft_ckpt, k_ft),
     ):
-        eval_dir = folder / f"eval_{'pretrained' if steps == 0 else 'finetuned'}"
+        eval_dir = folder / f"eval_{name}"
         sh(
             [
                 py,
