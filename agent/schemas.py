@@ -37,6 +37,7 @@ from agent.errors import ConfigError
 from agent.nonfinite import check_nan_policy
 from agent.optim import OptimSettings
 from env.factory import EnvConfig
+from model.base import Policy
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -780,6 +781,46 @@ SCHEMAS: dict[str, type] = {
 """ConfigStore names (group `schema`) of the schemas, as the YAML defaults lists name them."""
 
 
+def policy_schemas() -> dict[str, type[Policy]]:
+    """ConfigStore names (group `schema`) of the policy families, each a policy class whose `Keys` dataclass is the
+    schema of its `model` block (`cfg/common/policy/*.yaml` name them). A subclass's entry holds only the keys it
+    adds (ExactDiffusion's ode keys, ShortcutFlowModel's self-consistency keys), so that a piece can add them to a
+    block its base family's piece has already filled."""
+    from model.diffusion.diffusion import DiffusionModel
+    from model.diffusion.exact import ExactDiffusion
+    from model.flow.flow import FlowModel
+    from model.flow.shortcut import ShortcutFlowModel
+    from model.gaussian.model import GaussianModel
+    from model.gmm.model import GMMModel
+
+    return {
+        "policy_diffusion": DiffusionModel,
+        "policy_exact_diffusion": ExactDiffusion,
+        "policy_flow": FlowModel,
+        "policy_shortcut": ShortcutFlowModel,
+        "policy_gaussian": GaussianModel,
+        "policy_gmm": GMMModel,
+    }
+
+
+def policy_schema_node(policy: type[Policy]) -> DictConfig:
+    """The ConfigStore node of a policy family: `_target_` naming `policy`, then one typed value node (type and
+    default from `policy.Keys`) per key that `policy.Keys` declares beyond its base class's `Keys`.
+
+    It is a plain mapping of typed values, not a structured config: the `model` block it types also holds the
+    network, critics and the algorithm's keys, so it must stay open to them while composing, and closes like any
+    other block afterwards (Hydra's struct mode). A value of the wrong type is still refused at composition.
+    """
+    keys = policy.Keys
+    inherited = {f.name for base in policy.__mro__[1:] if hasattr(base, "Keys") for f in fields(base.Keys)}
+    typed = OmegaConf.structured(keys)
+    node = OmegaConf.create({"_target_": f"{policy.__module__}.{policy.__name__}"})
+    for f in fields(keys):
+        if f.name not in inherited:
+            node[f.name] = typed._get_node(f.name)
+    return node
+
+
 def register_schemas() -> None:
     """Store every schema in Hydra's ConfigStore under `schema/<name>`; idempotent."""
     from hydra.core.config_store import ConfigStore
@@ -787,6 +828,8 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     for name, cls in SCHEMAS.items():
         store.store(group="schema", name=name, node=cls)
+    for name, policy in policy_schemas().items():
+        store.store(group="schema", name=name, node=policy_schema_node(policy))
 
 
 def load_block(cls: type[T], node: Any, where: str, *, open_block: bool = False) -> T:
@@ -855,5 +898,7 @@ __all__ = [
     "SCHEMAS",
     "Wandb",
     "load_block",
+    "policy_schema_node",
+    "policy_schemas",
     "register_schemas",
 ]

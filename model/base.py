@@ -44,6 +44,9 @@ class Policy(nn.Module, ABC):
 
     ft_denoising_steps: int = 0
     has_base_policy: ClassVar[bool] = False
+    Keys: ClassVar[type]
+    """The dataclass of the family's config keys (its schema, `agent.schemas.policy_schemas`); the constructor takes
+    ``network``, then these keys positionally or by name."""
 
     @property
     @abstractmethod

@@ -1,7 +1,7 @@
 """Write docs/config-reference.md from the typed config schemas (agent/schemas.py): one table per block with each
 key's type, default and meaning (taken from the schema's docstring); then the same for every class a config builds
-through `_target_` under `model/` (policies, networks, critics, encoders), from its constructor and the `Args:`
-section of its docstring.
+through `_target_` under `model/` (policies, networks, critics, encoders), from the policy's `Keys` schema or the
+constructor, and their docstrings.
 
     python script/config_reference.py           # rewrite docs/config-reference.md
     python script/config_reference.py --check   # exit 1 when the file is out of date (the tests run this)
@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from agent import schemas  # noqa: E402
-from agent.schemas import SCHEMAS  # noqa: E402
+from agent.schemas import SCHEMAS, policy_schemas  # noqa: E402
 from env.factory import EnvConfig  # noqa: E402
 
 OUT = REPO / "docs" / "config-reference.md"
@@ -107,7 +107,8 @@ def model_targets() -> list[str]:
 
 def constructor_keys(cls: type) -> list[tuple[str, str, str, str]]:
     """(key, type, default, meaning) of each keyword `cls(...)` takes from a config, following `*args`/`**kwargs`
-    that a subclass passes on to its base class (ShortcutFlowModel -> FlowModel)."""
+    that a subclass passes on to its base class. A policy family's keys are the fields of its `Keys` dataclass (its
+    schema), after the modules its constructor takes itself (network, eta, noise)."""
     rows: dict[str, tuple[str, str, str, str]] = {}
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):  # a subclass's text wins; a key it documents as "as <base>" takes the base's
@@ -126,6 +127,12 @@ def constructor_keys(cls: type) -> list[tuple[str, str, str, str]]:
             rows[name] = (name, kind, default, docs.get(name, ""))
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             break
+    keys = getattr(cls, "Keys", None)
+    if keys is not None:
+        key_docs = {k: v for klass in reversed(keys.__mro__) for k, v in attribute_docs(klass).items()}
+        for f in dataclasses.fields(keys):
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            rows[f.name] = (f.name, kind, default_of(f), key_docs.get(f.name, ""))
     return list(rows.values())
 
 
@@ -135,15 +142,29 @@ def render_targets() -> list[str]:
         "## Classes built from `_target_` (the `model` block)",
         "",
         "The policy (`model` itself), its network (`model.network`), critics and encoders are built by",
-        "`hydra.utils.instantiate` from the class their `_target_` names; the class's constructor is their schema:",
-        "its arguments are the keys, with the defaults and checks in one place. A key the constructor does not take",
-        "is one error line naming it (`agent.config.instantiate`). PPO's own `model` keys are `PPOModel` above.",
+        "`hydra.utils.instantiate` from the class their `_target_` names. A policy family's keys are the fields of",
+        "its `Keys` dataclass, registered in the ConfigStore (`schema/policy_<family>`, named first in the defaults",
+        "list of `cfg/common/policy/*.yaml`) as typed values, so composition refuses a value of the wrong type and",
+        "`--cfg job` shows every default; the dataclass's checks run when the policy is built. For networks, critics",
+        "and encoders, the constructor is the schema: its arguments are the keys, with the defaults and checks in one",
+        "place. A key a class does not take is one error line naming it (`agent.config.instantiate`). PPO's own",
+        "`model` keys are `PPOModel` above.",
     ]
+    stored = {f"{c.__module__}.{c.__name__}": name for name, c in policy_schemas().items()}
     for target in model_targets():
         module, name = target.rsplit(".", 1)
         cls = getattr(importlib.import_module(module), name)
         summary = doc_summary(cls)
-        lines += ["", f"### `{target}`", "", summary, "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        where = f" (`schema/{stored[target]}`)" if target in stored else ""
+        lines += [
+            "",
+            f"### `{target}`{where}",
+            "",
+            summary,
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for cells in constructor_keys(cls):
             cells = (f"`{cells[0]}`", f"`{cells[1]}`", f"`{cells[2]}`", cells[3])
             lines.append(table_row(cells))
@@ -161,8 +182,8 @@ def render() -> str:
         "whose checks give one-line errors. A schema that extends another lists only the keys it adds or whose",
         "default it changes. The top-level keys and PPO's `model` keys share their block with other keys, so they are",
         "built from it without being merged onto it. The policy and critic entries of `model` are built from their",
-        "`_target_` class, whose constructor arguments are their schema (see [architecture.md](architecture.md)); they",
-        "are listed after the blocks.",
+        "`_target_` class: a policy's keys are its family's `Keys` schema, a network's its constructor arguments",
+        "(see [architecture.md](architecture.md)); they are listed after the blocks.",
     ]
     for cls in DOCUMENTED:
         summary = doc_summary(cls)

@@ -329,7 +329,7 @@ class Pipeline:
         extra = [f"logdir={stage.rundir / f'seg{len(sorted_segments(stage.rundir))}'}", f"base_policy_path={ckpt_path}"]
         if ckpt.get("kind") == "finetune":
             model = (ckpt.get("config") or {}).get("model") or {}
-            if "ft_denoising_steps" in model:
+            if model.get("ft_denoising_steps"):  # K' > 0 (the policy schema's default 0: nothing fine-tuned apart)
                 extra.append(f"ft_denoising_steps={int(ckpt.get('ft_denoising_steps', 0))}")
             if model.get("use_ddim"):
                 extra += ["++model.use_ddim=true", f"++model.ddim_steps={model['ddim_steps']}"]

@@ -18,8 +18,7 @@ def check_baseline_config(exp: Experiment, *, needs_te_chunks: bool = True) -> N
         exp: the experiment's blocks.
         needs_te_chunks: the algorithm stores or scores Te-step chunks with networks that expect Ta steps.
     """
-    k_ft = exp.model_node("ft_denoising_steps")
-    k_ft = exp.run.ft_denoising_steps if k_ft is None else k_ft
+    k_ft = exp.model_node("ft_denoising_steps") or exp.run.ft_denoising_steps  # the policy schema's default is 0
     require(
         not k_ft,
         f"ft_denoising_steps={k_ft}: the diffusion baselines fine-tune the whole network (no frozen copy); "

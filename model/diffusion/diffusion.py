@@ -18,7 +18,8 @@ import copy
 import logging
 import math
 from collections.abc import Mapping
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -56,13 +57,12 @@ class _StepCoefs(NamedTuple):
     alpha_prev: Tensor  # DDIM only
 
 
-class DiffusionModel(Policy):
-    """Diffusion policy over action chunks ``(B, Ta, Da)`` conditioned on an observation dict.
+@dataclass
+class DiffusionKeys:
+    """The keys of a diffusion policy's `model` block (`cfg/common/policy/diffusion_*.yaml`): its schema, with the
+    defaults and checks in one place (registered in Hydra's ConfigStore as `schema/policy_diffusion`).
 
-    Args:
-        network: denoiser ``f(x (B, Ta, Da), t (B,) long, cond) -> (B, Ta, Da)`` (DiffusionMLP, Unet1D, ...).
-            If it has ``encode_cond(cond) -> cond`` (pixel denoisers), that runs once per ``sample`` /
-            ``chain_log_prob`` call and its output is passed to every denoising step.
+    Attributes:
         horizon_steps: Ta.
         obs_dim: Do (kept for configs and checks).
         action_dim: Da.
@@ -78,9 +78,67 @@ class DiffusionModel(Policy):
             copy; ``network`` itself is then the trainable denoiser).
         min_sampling_denoising_std: std floor of stochastic sampling (every step, frozen steps included).
         min_logprob_denoising_std: std floor of ``chain_log_prob``.
+        learn_eta: train the eta module (DDIM only); otherwise its parameters are frozen.
+    """
+
+    horizon_steps: int
+    obs_dim: int
+    action_dim: int
+    denoising_steps: int = 20
+    predict_epsilon: bool = True
+    denoised_clip_value: float | None = 1.0
+    randn_clip_value: float | None = 10.0
+    final_action_clip_value: float | None = None
+    eps_clip_value: float | None = None
+    use_ddim: bool = False
+    ddim_steps: int | None = None
+    ft_denoising_steps: int = 0
+    min_sampling_denoising_std: float = 0.1
+    min_logprob_denoising_std: float = 0.1
+    learn_eta: bool = False
+
+    def __post_init__(self) -> None:
+        if self.horizon_steps < 1 or self.action_dim < 1:
+            raise ValueError(f"horizon_steps and action_dim must be >= 1, got {self.horizon_steps}, {self.action_dim}")
+        k, k_ft = self.denoising_steps, self.ft_denoising_steps
+        if k < 1:
+            raise ValueError(f"denoising_steps must be >= 1, got {k}")
+        if not 0 <= k_ft <= k:
+            raise ValueError(f"ft_denoising_steps={k_ft} must be in [0, denoising_steps={k}]")
+        if self.use_ddim:
+            if self.ddim_steps is None:
+                raise ValueError("use_ddim=True needs ddim_steps (the number of DDIM steps Kd)")
+            if not 1 <= self.ddim_steps <= k:
+                raise ValueError(f"ddim_steps={self.ddim_steps} must be in [1, denoising_steps={k}]")
+            if k_ft > self.ddim_steps:
+                raise ValueError(f"ft_denoising_steps={k_ft} must be <= ddim_steps={self.ddim_steps} under DDIM")
+            if not self.predict_epsilon:
+                raise ValueError("use_ddim=True requires predict_epsilon=True")
+        if self.randn_clip_value is not None and self.randn_clip_value < 0:
+            raise ValueError(f"randn_clip_value must be >= 0 or None, got {self.randn_clip_value}")
+        if self.min_sampling_denoising_std < 0 or self.min_logprob_denoising_std < 0:
+            raise ValueError(
+                "min_sampling_denoising_std and min_logprob_denoising_std must be >= 0, got "
+                f"{self.min_sampling_denoising_std}, {self.min_logprob_denoising_std}"
+            )
+        if self.min_logprob_denoising_std == 0:
+            log.warning("min_logprob_denoising_std=0: log-probs of the final denoising step are unbounded")
+        if self.learn_eta and not self.use_ddim:
+            raise ValueError("learn_eta=True requires use_ddim=True (eta only enters DDIM sampling)")
+
+
+class DiffusionModel(Policy):
+    """Diffusion policy over action chunks ``(B, Ta, Da)`` conditioned on an observation dict.
+
+    The other keys are the fields of `DiffusionKeys`, its schema (positionally after ``network``, or by name; ``eta`` by
+    name only).
+
+    Args:
+        network: denoiser ``f(x (B, Ta, Da), t (B,) long, cond) -> (B, Ta, Da)`` (DiffusionMLP, Unet1D, ...).
+            If it has ``encode_cond(cond) -> cond`` (pixel denoisers), that runs once per ``sample`` /
+            ``chain_log_prob`` call and its output is passed to every denoising step.
         eta: DDIM eta module (EtaFixed, EtaState, ...; ``cond -> (B, 1) | (B, Da)``) or a constant float.
             None means eta = 1 (DDIM then has DDPM's per-step noise, see tests). Ignored for DDPM.
-        learn_eta: train the eta module (DDIM only); otherwise its parameters are frozen.
     """
 
     has_base_policy = True  # the frozen pretrained denoiser is `network` (sample(use_base_policy=True))
@@ -110,56 +168,31 @@ class DiffusionModel(Policy):
     step_alpha_prev: Tensor
     step_det_std: Tensor
 
-    def __init__(
-        self,
-        network: nn.Module,
-        horizon_steps: int,
-        obs_dim: int,
-        action_dim: int,
-        denoising_steps: int = 20,
-        predict_epsilon: bool = True,
-        denoised_clip_value: float | None = 1.0,
-        randn_clip_value: float | None = 10.0,
-        final_action_clip_value: float | None = None,
-        eps_clip_value: float | None = None,
-        use_ddim: bool = False,
-        ddim_steps: int | None = None,
-        ft_denoising_steps: int = 0,
-        min_sampling_denoising_std: float = 0.1,
-        min_logprob_denoising_std: float = 0.1,
-        eta: nn.Module | float | None = None,
-        learn_eta: bool = False,
-    ) -> None:
+    Keys: ClassVar[type[DiffusionKeys]] = DiffusionKeys
+    """The schema of the keys (after ``network`` and ``eta``) the constructor takes, positionally or by name."""
+
+    def __init__(self, network: nn.Module, *args: Any, eta: nn.Module | float | None = None, **keys: Any) -> None:
         super().__init__()
-        self._validate(
-            horizon_steps=horizon_steps,
-            action_dim=action_dim,
-            denoising_steps=denoising_steps,
-            predict_epsilon=predict_epsilon,
-            randn_clip_value=randn_clip_value,
-            use_ddim=use_ddim,
-            ddim_steps=ddim_steps,
-            ft_denoising_steps=ft_denoising_steps,
-            min_sampling_denoising_std=min_sampling_denoising_std,
-            min_logprob_denoising_std=min_logprob_denoising_std,
-            eta=eta,
-            learn_eta=learn_eta,
-        )
-        self.horizon_steps = int(horizon_steps)
-        self.obs_dim = int(obs_dim)
-        self.action_dim = int(action_dim)
-        self.denoising_steps = int(denoising_steps)
-        self.predict_epsilon = predict_epsilon
-        self.denoised_clip_value = denoised_clip_value
-        self.randn_clip_value = randn_clip_value
-        self.final_action_clip_value = final_action_clip_value
-        self.eps_clip_value = eps_clip_value
-        self.use_ddim = use_ddim
-        self.ddim_steps = int(ddim_steps) if use_ddim and ddim_steps is not None else None
-        self.ft_denoising_steps = int(ft_denoising_steps)
-        self.min_sampling_denoising_std = float(min_sampling_denoising_std)
-        self.min_logprob_denoising_std = float(min_logprob_denoising_std)
-        self.learn_eta = learn_eta
+        k = self.keys = self.Keys(*args, **keys)
+        if k.learn_eta and (not isinstance(eta, nn.Module) or not any(True for _ in eta.parameters())):
+            raise ValueError("learn_eta=True needs an eta module with parameters (e.g. EtaFixed)")
+        if isinstance(eta, (int, float)) and not isinstance(eta, bool) and eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.horizon_steps = int(k.horizon_steps)
+        self.obs_dim = int(k.obs_dim)
+        self.action_dim = int(k.action_dim)
+        self.denoising_steps = int(k.denoising_steps)
+        self.predict_epsilon = k.predict_epsilon
+        self.denoised_clip_value = k.denoised_clip_value
+        self.randn_clip_value = k.randn_clip_value
+        self.final_action_clip_value = k.final_action_clip_value
+        self.eps_clip_value = k.eps_clip_value
+        self.use_ddim = k.use_ddim
+        self.ddim_steps = int(k.ddim_steps) if k.use_ddim and k.ddim_steps is not None else None
+        self.ft_denoising_steps = int(k.ft_denoising_steps)
+        self.min_sampling_denoising_std = float(k.min_sampling_denoising_std)
+        self.min_logprob_denoising_std = float(k.min_logprob_denoising_std)
+        self.learn_eta = k.learn_eta
 
         # Denoisers: `network` is the pre-trained one; with K' > 0 it is frozen and `actor_ft` is trained.
         self.network = network
@@ -173,7 +206,7 @@ class DiffusionModel(Policy):
         self._eta_const: float | None = None
         if isinstance(eta, nn.Module):
             self.eta: nn.Module | None = eta
-            if not learn_eta:
+            if not self.learn_eta:
                 freeze(eta)
         else:
             self.eta = None
@@ -183,58 +216,6 @@ class DiffusionModel(Policy):
 
     # --------------------------------------------------------------------------------------------------------
     # construction helpers
-
-    @staticmethod
-    def _validate(
-        *,
-        horizon_steps: int,
-        action_dim: int,
-        denoising_steps: int,
-        predict_epsilon: bool,
-        randn_clip_value: float | None,
-        use_ddim: bool,
-        ddim_steps: int | None,
-        ft_denoising_steps: int,
-        min_sampling_denoising_std: float,
-        min_logprob_denoising_std: float,
-        eta: nn.Module | float | None,
-        learn_eta: bool,
-    ) -> None:
-        if horizon_steps < 1 or action_dim < 1:
-            raise ValueError(f"horizon_steps and action_dim must be >= 1, got {horizon_steps}, {action_dim}")
-        if denoising_steps < 1:
-            raise ValueError(f"denoising_steps must be >= 1, got {denoising_steps}")
-        if not 0 <= ft_denoising_steps <= denoising_steps:
-            raise ValueError(
-                f"ft_denoising_steps={ft_denoising_steps} must be in [0, denoising_steps={denoising_steps}]"
-            )
-        if use_ddim:
-            if ddim_steps is None:
-                raise ValueError("use_ddim=True needs ddim_steps (the number of DDIM steps Kd)")
-            if not 1 <= ddim_steps <= denoising_steps:
-                raise ValueError(f"ddim_steps={ddim_steps} must be in [1, denoising_steps={denoising_steps}]")
-            if ft_denoising_steps > ddim_steps:
-                raise ValueError(
-                    f"ft_denoising_steps={ft_denoising_steps} must be <= ddim_steps={ddim_steps} under DDIM"
-                )
-            if not predict_epsilon:
-                raise ValueError("use_ddim=True requires predict_epsilon=True")
-        if randn_clip_value is not None and randn_clip_value < 0:
-            raise ValueError(f"randn_clip_value must be >= 0 or None, got {randn_clip_value}")
-        if min_sampling_denoising_std < 0 or min_logprob_denoising_std < 0:
-            raise ValueError(
-                "min_sampling_denoising_std and min_logprob_denoising_std must be >= 0, got "
-                f"{min_sampling_denoising_std}, {min_logprob_denoising_std}"
-            )
-        if min_logprob_denoising_std == 0:
-            log.warning("min_logprob_denoising_std=0: log-probs of the final denoising step are unbounded")
-        if learn_eta:
-            if not use_ddim:
-                raise ValueError("learn_eta=True requires use_ddim=True (eta only enters DDIM sampling)")
-            if not isinstance(eta, nn.Module) or not any(True for _ in eta.parameters()):
-                raise ValueError("learn_eta=True needs an eta module with parameters (e.g. EtaFixed)")
-        if isinstance(eta, (int, float)) and not isinstance(eta, bool) and eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
 
     def _register_schedule(self) -> None:
         """Register the DDPM constants and the per-loop-step coefficient table as non-persistent buffers."""

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from model.base import Sample
-from model.diffusion.diffusion import DiffusionModel
+from model.diffusion.diffusion import DiffusionKeys, DiffusionModel
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -73,25 +75,40 @@ def ode_log_likelihood(
     return -0.5 * x.flatten(1).square().sum(dim=1) - d * _HALF_LOG_2PI + delta
 
 
-class ExactDiffusion(DiffusionModel):
-    """DiffusionModel sampled and scored through its probability-flow ODE (module docstring). Arguments as
-    DiffusionModel's (DDPM only), plus:
+@dataclass
+class ExactDiffusionKeys(DiffusionKeys):
+    """DiffusionKeys (DDPM only) plus the probability-flow ODE's grid (`schema/policy_exact_diffusion` holds these
+    two keys, which `cfg/common/finetune_ppo_exact.yaml` adds to a diffusion policy's block).
 
-    Args:
+    Attributes:
         ode_step: the Euler step on t in [ode_eps, 1] (0.05: 20 steps).
         ode_eps: the ODE's end near the data (t = 0 is singular).
     """
 
-    def __init__(self, *args: object, ode_step: float = 0.05, ode_eps: float = 1e-4, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    ode_step: float = 0.05
+    ode_eps: float = 1e-4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.use_ddim:
             raise ValueError("ExactDiffusion integrates the VP SDE's ODE: use_ddim must be false")
         if not self.predict_epsilon:
             raise ValueError("ExactDiffusion's score comes from the noise prediction: predict_epsilon must be true")
-        if not 0 < ode_step <= 1 or not 0 < ode_eps < 1:
-            raise ValueError(f"ode_step must be in (0, 1] and ode_eps in (0, 1), got {ode_step}, {ode_eps}")
-        self.ode_step = float(ode_step)
-        self.ode_eps = float(ode_eps)
+        if not 0 < self.ode_step <= 1 or not 0 < self.ode_eps < 1:
+            raise ValueError(f"ode_step must be in (0, 1] and ode_eps in (0, 1), got {self.ode_step}, {self.ode_eps}")
+
+
+class ExactDiffusion(DiffusionModel):
+    """DiffusionModel sampled and scored through its probability-flow ODE (module docstring); its keys are
+    `ExactDiffusionKeys` (DiffusionModel's, DDPM only, plus ode_step and ode_eps)."""
+
+    Keys = ExactDiffusionKeys
+
+    def __init__(self, network: nn.Module, *args: Any, **keys: Any) -> None:
+        super().__init__(network, *args, **keys)
+        assert isinstance(self.keys, ExactDiffusionKeys)
+        self.ode_step = float(self.keys.ode_step)
+        self.ode_eps = float(self.keys.ode_eps)
 
     @property
     def n_chain_steps(self) -> int:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -33,12 +35,12 @@ _HALF_LOG_2PIE = 0.5 * math.log(2.0 * math.pi * math.e)
 TIME_SAMPLING = ("uniform", "beta")
 
 
-class FlowModel(Policy):
-    """Rectified-flow (1-ReFlow) policy over action chunks ``(B, Ta, Da)`` conditioned on an observation dict.
+@dataclass
+class FlowKeys:
+    """The keys of a rectified-flow policy's `model` block (`cfg/common/policy/reflow_mlp*.yaml`): its schema, with
+    the defaults and checks in one place (registered in Hydra's ConfigStore as `schema/policy_flow`).
 
-    Args:
-        network: velocity net ``f(x (B, Ta, Da), time (B,), cond) -> (B, Ta, Da)``; the diffusion denoisers serve
-            (DiffusionMLP, Unet1D, the pixel variants), with ``time = t * time_scale``.
+    Attributes:
         horizon_steps: Ta.
         obs_dim: Do (kept for configs and checks).
         action_dim: Da.
@@ -51,60 +53,73 @@ class FlowModel(Policy):
         final_action_clip_value: clamp the final sample to +-this value (None: no clamp).
         randn_clip_value: clamp the fine-tuned steps' noise xi to +-this value (None: no clamp).
         ft_denoising_steps: K', the last Euler steps that fine-tuning trains and makes stochastic (0: none).
-        noise: the std of the fine-tuned steps (``model.flow.noise.FlowNoise`` with K' steps); required when
-            K' > 0.
         min_sampling_denoising_std: std floor of stochastic sampling.
         min_logprob_denoising_std: std floor of ``chain_log_prob``.
     """
 
-    has_base_policy = True  # the frozen pretrained velocity is `network` (sample(use_base_policy=True))
+    horizon_steps: int
+    obs_dim: int
+    action_dim: int
+    denoising_steps: int = 4
+    time_sampling: str = "uniform"
+    time_scale: float = 100.0
+    denoised_clip_value: float | None = 1.0
+    final_action_clip_value: float | None = 1.0
+    randn_clip_value: float | None = 3.0
+    ft_denoising_steps: int = 0
+    min_sampling_denoising_std: float = 0.0
+    min_logprob_denoising_std: float = 0.0
 
-    def __init__(
-        self,
-        network: nn.Module,
-        horizon_steps: int,
-        obs_dim: int,
-        action_dim: int,
-        denoising_steps: int = 4,
-        time_sampling: str = "uniform",
-        time_scale: float = 100.0,
-        denoised_clip_value: float | None = 1.0,
-        final_action_clip_value: float | None = 1.0,
-        randn_clip_value: float | None = 3.0,
-        ft_denoising_steps: int = 0,
-        noise: nn.Module | None = None,
-        min_sampling_denoising_std: float = 0.0,
-        min_logprob_denoising_std: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if horizon_steps < 1 or action_dim < 1:
-            raise ValueError(f"horizon_steps and action_dim must be >= 1, got {horizon_steps}, {action_dim}")
-        if denoising_steps < 1:
-            raise ValueError(f"denoising_steps (Euler steps) must be >= 1, got {denoising_steps}")
-        if not 0 <= ft_denoising_steps <= denoising_steps:
-            raise ValueError(
-                f"ft_denoising_steps={ft_denoising_steps} must be in [0, denoising_steps={denoising_steps}]"
-            )
-        if time_sampling not in TIME_SAMPLING:
-            raise ValueError(f"time_sampling must be one of {TIME_SAMPLING}, got {time_sampling!r}")
-        if ft_denoising_steps > 0 and noise is None:
-            raise ValueError("ft_denoising_steps > 0 needs a noise module (model.noise: model.flow.noise.FlowNoise)")
-        if randn_clip_value is not None and randn_clip_value < 0:
-            raise ValueError(f"randn_clip_value must be >= 0 or None, got {randn_clip_value}")
-        if min_sampling_denoising_std < 0 or min_logprob_denoising_std < 0:
+    def __post_init__(self) -> None:
+        if self.horizon_steps < 1 or self.action_dim < 1:
+            raise ValueError(f"horizon_steps and action_dim must be >= 1, got {self.horizon_steps}, {self.action_dim}")
+        k, k_ft = self.denoising_steps, self.ft_denoising_steps
+        if k < 1:
+            raise ValueError(f"denoising_steps (Euler steps) must be >= 1, got {k}")
+        if not 0 <= k_ft <= k:
+            raise ValueError(f"ft_denoising_steps={k_ft} must be in [0, denoising_steps={k}]")
+        if self.time_sampling not in TIME_SAMPLING:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLING}, got {self.time_sampling!r}")
+        if self.randn_clip_value is not None and self.randn_clip_value < 0:
+            raise ValueError(f"randn_clip_value must be >= 0 or None, got {self.randn_clip_value}")
+        if self.min_sampling_denoising_std < 0 or self.min_logprob_denoising_std < 0:
             raise ValueError("min_sampling_denoising_std and min_logprob_denoising_std must be >= 0")
-        self.horizon_steps = int(horizon_steps)
-        self.obs_dim = int(obs_dim)
-        self.action_dim = int(action_dim)
-        self.denoising_steps = int(denoising_steps)
-        self.time_sampling = time_sampling
-        self.time_scale = float(time_scale)
-        self.denoised_clip_value = denoised_clip_value
-        self.final_action_clip_value = final_action_clip_value
-        self.randn_clip_value = randn_clip_value
-        self.ft_denoising_steps = int(ft_denoising_steps)
-        self.min_sampling_denoising_std = float(min_sampling_denoising_std)
-        self.min_logprob_denoising_std = float(min_logprob_denoising_std)
+
+
+class FlowModel(Policy):
+    """Rectified-flow (1-ReFlow) policy over action chunks ``(B, Ta, Da)`` conditioned on an observation dict.
+
+    The other keys are the fields of `FlowKeys`, its schema (positionally after ``network``, or by name; ``noise`` by
+    name only).
+
+    Args:
+        network: velocity net ``f(x (B, Ta, Da), time (B,), cond) -> (B, Ta, Da)``; the diffusion denoisers serve
+            (DiffusionMLP, Unet1D, the pixel variants), with ``time = t * time_scale``.
+        noise: the std of the fine-tuned steps (``model.flow.noise.FlowNoise`` with K' steps); required when
+            K' > 0.
+    """
+
+    has_base_policy = True  # the frozen pretrained velocity is `network` (sample(use_base_policy=True))
+    Keys: ClassVar[type[FlowKeys]] = FlowKeys
+    """The schema of the keys (after ``network`` and ``noise``) the constructor takes, positionally or by name."""
+
+    def __init__(self, network: nn.Module, *args: Any, noise: nn.Module | None = None, **keys: Any) -> None:
+        super().__init__()
+        k = self.keys = self.Keys(*args, **keys)
+        if k.ft_denoising_steps > 0 and noise is None:
+            raise ValueError("ft_denoising_steps > 0 needs a noise module (model.noise: model.flow.noise.FlowNoise)")
+        self.horizon_steps = int(k.horizon_steps)
+        self.obs_dim = int(k.obs_dim)
+        self.action_dim = int(k.action_dim)
+        self.denoising_steps = int(k.denoising_steps)
+        self.time_sampling = k.time_sampling
+        self.time_scale = float(k.time_scale)
+        self.denoised_clip_value = k.denoised_clip_value
+        self.final_action_clip_value = k.final_action_clip_value
+        self.randn_clip_value = k.randn_clip_value
+        self.ft_denoising_steps = int(k.ft_denoising_steps)
+        self.min_sampling_denoising_std = float(k.min_sampling_denoising_std)
+        self.min_logprob_denoising_std = float(k.min_logprob_denoising_std)
 
         self.network = network
         if self.ft_denoising_steps > 0:

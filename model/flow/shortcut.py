@@ -16,40 +16,49 @@ Sampling, fine-tuning and evaluation are the FlowModel's with the network also g
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from model.flow.flow import FlowModel
+from model.flow.flow import FlowKeys, FlowModel
 
 
-class ShortcutFlowModel(FlowModel):
-    """A FlowModel whose network takes ``time`` rows (t * time_scale, d * time_scale) (e.g. DiffusionMLP with
-    ``step_size_conditioned: true``).
+@dataclass
+class ShortcutKeys(FlowKeys):
+    """FlowKeys plus the self-consistency targets' keys (`schema/policy_shortcut` holds these two, which
+    `cfg/common/policy/shortcut_mlp*.yaml` adds to the flow policy's block).
 
-    Args:
-        network, horizon_steps, obs_dim, action_dim, denoising_steps, ...: as FlowModel (passed as keywords).
+    Attributes:
         self_consistency_fraction: the share f of each batch trained on the self-consistency target, in [0, 1).
         max_denoising_steps: M, a power of two >= 2: the finest step size the targets bootstrap from is 1/M.
     """
 
-    def __init__(
-        self,
-        network: nn.Module,
-        *args: object,
-        self_consistency_fraction: float = 0.25,
-        max_denoising_steps: int = 128,
-        **kwargs: object,
-    ) -> None:
-        super().__init__(network, *args, **kwargs)  # type: ignore[arg-type]
-        if not 0.0 <= self_consistency_fraction < 1.0:
-            raise ValueError(f"self_consistency_fraction must be in [0, 1), got {self_consistency_fraction}")
-        levels = math.log2(max_denoising_steps) if max_denoising_steps >= 2 else 0.5
-        if levels != int(levels):
-            raise ValueError(f"max_denoising_steps must be a power of two >= 2, got {max_denoising_steps}")
-        self.self_consistency_fraction = float(self_consistency_fraction)
-        self.max_denoising_steps = int(max_denoising_steps)
-        self.levels = int(levels)
+    self_consistency_fraction: float = 0.25
+    max_denoising_steps: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.self_consistency_fraction < 1.0:
+            raise ValueError(f"self_consistency_fraction must be in [0, 1), got {self.self_consistency_fraction}")
+        m = self.max_denoising_steps
+        if m < 2 or math.log2(m) != int(math.log2(m)):
+            raise ValueError(f"max_denoising_steps must be a power of two >= 2, got {m}")
+
+
+class ShortcutFlowModel(FlowModel):
+    """A FlowModel whose network takes ``time`` rows (t * time_scale, d * time_scale) (e.g. DiffusionMLP with
+    ``step_size_conditioned: true``); its keys are `ShortcutKeys` (FlowModel's plus the self-consistency ones)."""
+
+    Keys = ShortcutKeys
+
+    def __init__(self, network: nn.Module, *args: Any, **keys: Any) -> None:
+        super().__init__(network, *args, **keys)
+        assert isinstance(self.keys, ShortcutKeys)
+        self.self_consistency_fraction = float(self.keys.self_consistency_fraction)
+        self.max_denoising_steps = int(self.keys.max_denoising_steps)
+        self.levels = int(math.log2(self.max_denoising_steps))
 
     def step_times(self, device: torch.device) -> Tensor:
         """``(K, 2)`` network time input of Euler step i: (i / K, 1 / K) * time_scale."""

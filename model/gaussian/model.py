@@ -6,6 +6,8 @@ See docs/algorithms.md#gaussian-and-gmm-policies.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -23,13 +25,12 @@ def check_single_step(chain: Tensor, step: Tensor | None, horizon_steps: int, ac
         raise ValueError("a single-transition policy only has step 0")
 
 
-class GaussianModel(Policy):
-    """Policy ``a ~ N(mean(s), diag(scale(s)^2))`` over action chunks.
+@dataclass
+class GaussianKeys:
+    """The keys of a Gaussian policy's `model` block (`cfg/common/policy/gaussian_*.yaml`): its schema, with the
+    defaults and checks in one place (registered in Hydra's ConfigStore as `schema/policy_gaussian`).
 
-    Args:
-        network: a module with ``forward(cond) -> (mean (B, Ta * Da), scale (B, Ta * Da))``, e.g. a
-            :class:`~model.gaussian.mlp.GaussianMLP` or a
-            :class:`~model.gaussian.transformer.GaussianTransformer`.
+    Attributes:
         horizon_steps: ``Ta``.
         action_dim: ``Da``.
         randn_clip_value: samples are clamped to ``mean +- randn_clip_value * scale``.
@@ -38,24 +39,46 @@ class GaussianModel(Policy):
             deterministic action is ``tanh(mean)``. Not for PPO, whose chain log-probabilities score u itself.
     """
 
-    n_chain_steps: int = 1
+    horizon_steps: int
+    action_dim: int
+    randn_clip_value: float = 10.0
+    ent_coef: float = 0.0
+    squash: bool = False
 
-    def __init__(
-        self,
-        network: nn.Module,
-        horizon_steps: int,
-        action_dim: int,
-        randn_clip_value: float = 10.0,
-        ent_coef: float = 0.0,
-        squash: bool = False,
-    ) -> None:
+    def __post_init__(self) -> None:
+        check_chunk_shape(self.horizon_steps, self.action_dim)
+
+
+def check_chunk_shape(horizon_steps: int, action_dim: int) -> None:
+    """The one-line error for an impossible action-chunk shape ``(Ta, Da)``."""
+    if horizon_steps < 1 or action_dim < 1:
+        raise ValueError(f"horizon_steps and action_dim must be >= 1, got {horizon_steps}, {action_dim}")
+
+
+class GaussianModel(Policy):
+    """Policy ``a ~ N(mean(s), diag(scale(s)^2))`` over action chunks.
+
+    The other keys are the fields of `GaussianKeys`, its schema (positionally after ``network``, or by name).
+
+    Args:
+        network: a module with ``forward(cond) -> (mean (B, Ta * Da), scale (B, Ta * Da))``, e.g. a
+            :class:`~model.gaussian.mlp.GaussianMLP` or a
+            :class:`~model.gaussian.transformer.GaussianTransformer`.
+    """
+
+    n_chain_steps: int = 1
+    Keys: ClassVar[type[GaussianKeys]] = GaussianKeys
+    """The schema of the keys (after ``network``) the constructor takes, positionally or by name."""
+
+    def __init__(self, network: nn.Module, *args: Any, **keys: Any) -> None:
         super().__init__()
-        self.squash = squash
+        k = self.keys = self.Keys(*args, **keys)
+        self.squash = k.squash
         self.network = network
-        self.horizon_steps = horizon_steps
-        self.action_dim = action_dim
-        self.randn_clip_value = randn_clip_value
-        self.ent_coef = ent_coef
+        self.horizon_steps = k.horizon_steps
+        self.action_dim = k.action_dim
+        self.randn_clip_value = k.randn_clip_value
+        self.ent_coef = k.ent_coef
 
     def mean_scale(self, cond: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Return the network's mean and std reshaped to ``(B, Ta, Da)`` each."""

@@ -6,14 +6,35 @@ See docs/algorithms.md#gaussian-and-gmm-policies.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from model.base import Policy, Sample
-from model.gaussian.model import check_single_step
+from model.gaussian.model import check_chunk_shape, check_single_step
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@dataclass
+class GMMKeys:
+    """The keys of a Gaussian-mixture policy's `model` block (`cfg/common/policy/gmm_*.yaml`): its schema, with
+    the defaults and checks in one place (registered in Hydra's ConfigStore as `schema/policy_gmm`).
+
+    Attributes:
+        horizon_steps: ``Ta``.
+        action_dim: ``Da``.
+        ent_coef: weight of the mean per-dim (mixture-weighted component) entropy subtracted from the BC loss.
+    """
+
+    horizon_steps: int
+    action_dim: int
+    ent_coef: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_chunk_shape(self.horizon_steps, self.action_dim)
 
 
 class GMMModel(Policy):
@@ -23,23 +44,25 @@ class GMMModel(Policy):
     being the whole chunk ``Ta * Da``, written out with ``logsumexp`` so sampling and scoring share one code
     path.
 
+    The other keys are the fields of `GMMKeys`, its schema (positionally after ``network``, or by name).
+
     Args:
         network: a module with ``forward(cond) -> (means (B, M, Ta * Da), scales (B, M, Ta * Da),
             logits (B, M))``, e.g. a :class:`~model.gmm.mlp.GMMMLP` or a
             :class:`~model.gmm.transformer.GMMTransformer`.
-        horizon_steps: ``Ta``.
-        action_dim: ``Da``.
-        ent_coef: weight of the mean per-dim (mixture-weighted component) entropy subtracted from the BC loss.
     """
 
     n_chain_steps: int = 1
+    Keys: ClassVar[type[GMMKeys]] = GMMKeys
+    """The schema of the keys (after ``network``) the constructor takes, positionally or by name."""
 
-    def __init__(self, network: nn.Module, horizon_steps: int, action_dim: int, ent_coef: float = 0.0) -> None:
+    def __init__(self, network: nn.Module, *args: Any, **keys: Any) -> None:
         super().__init__()
+        k = self.keys = self.Keys(*args, **keys)
         self.network = network
-        self.horizon_steps = horizon_steps
-        self.action_dim = action_dim
-        self.ent_coef = ent_coef
+        self.horizon_steps = k.horizon_steps
+        self.action_dim = k.action_dim
+        self.ent_coef = k.ent_coef
 
     def log_prob(self, cond: dict[str, Tensor], actions: Tensor) -> Tensor:
         """Joint mixture log-density of whole chunks.

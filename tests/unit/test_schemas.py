@@ -207,3 +207,99 @@ def test_the_wandb_block_is_typed_and_null_turns_it_off(tmp_path):
     logger.log({"train/x": 1.0}, step=1)
     logger.close()
     assert (tmp_path / "metrics.jsonl").read_text().count("train/x") == 1
+
+
+def test_every_policy_piece_types_the_model_block_with_its_familys_keys():
+    """Each `cfg/common/policy/*.yaml` names its family's schema, so the composed `model` block holds every key of
+    the family's `Keys` dataclass, typed, with the YAML's values over the defaults."""
+    from dataclasses import fields
+
+    from hydra.utils import get_class
+    from omegaconf import FloatNode, IntegerNode
+
+    from agent.schemas import policy_schemas
+
+    families = {f"{c.__module__}.{c.__name__}": c for c in policy_schemas().values()}
+    paths = sorted(CFG_ROOT.glob("*/pretrain/*/pre_*.yaml"))
+    seen = set()
+    for path in paths[:: max(1, len(paths) // 40)] + [
+        CFG_ROOT / "gym/finetune/hopper-v2/ft_ppo_exact_diffusion_mlp.yaml"
+    ]:
+        cfg = compose(path.parent, path.stem, ["wandb=null"])
+        policy = get_class(cfg.model._target_)
+        if policy not in families.values():
+            continue
+        seen.add(policy.__name__)
+        for f in fields(policy.Keys):
+            assert f.name in cfg.model, (path, f.name)
+            node = cfg.model._get_node(f.name)
+            kind = {"int": IntegerNode, "float": FloatNode}.get(str(f.type).split(" ")[0])
+            assert kind is None or isinstance(node, kind), (path, f.name, type(node))
+    assert seen >= {"DiffusionModel", "FlowModel", "GaussianModel", "GMMModel", "ExactDiffusion"}, seen
+    pre = compose(CFG_ROOT / "gym/pretrain/hopper-medium-v2", "pre_diffusion_mlp", [])
+    assert pre.model.denoising_steps == 20 and pre.model.ft_denoising_steps == 0  # the YAML's, the schema's default
+    assert pre.model.randn_clip_value == 10.0 and isinstance(pre.model.randn_clip_value, float)
+    short = compose(CFG_ROOT / "gym/pretrain/hopper-medium-v2", "pre_shortcut_mlp", [])
+    assert short.model.max_denoising_steps == 128 and short.model.time_scale == 100.0
+
+
+def test_composition_types_the_policy_keys_and_keeps_the_model_block_closed():
+    from agent.config import check_overrides
+
+    folder = CFG_ROOT / "gym/pretrain/hopper-medium-v2"
+    with pytest.raises(ConfigCompositionException) as info:
+        compose(folder, "pre_reflow_mlp", ["model.denoising_steps=abc"])
+    assert "could not be converted to Integer" in str(info.value.__cause__)
+    with pytest.raises(ConfigError) as err:
+        check_overrides(folder, "pre_diffusion_mlp", ["model.min_sampling_denoising_std=high"])
+    assert str(err.value).startswith("model.min_sampling_denoising_std: Value 'high' of type 'str' could not be")
+    with pytest.raises(ConfigError, match=r"^model.denoising_step is not a key of this config; did you mean"):
+        check_overrides(folder, "pre_diffusion_mlp", ["model.denoising_step=5"])
+    assert compose(folder, "pre_gaussian_mlp", ["model.ent_coef=0.5"]).model.ent_coef == 0.5
+
+
+@pytest.mark.parametrize(
+    ("family", "keys", "message"),
+    [
+        ("diffusion", {"denoising_steps": 5, "ft_denoising_steps": 6}, "ft_denoising_steps=6 must be in [0, "),
+        ("diffusion", {"use_ddim": True}, "use_ddim=True needs ddim_steps"),
+        ("flow", {"time_sampling": "normal"}, "time_sampling must be one of ('uniform', 'beta'), got 'normal'"),
+        ("shortcut", {"max_denoising_steps": 96}, "max_denoising_steps must be a power of two >= 2, got 96"),
+        ("exact", {"use_ddim": True, "ddim_steps": 5}, "ExactDiffusion integrates the VP SDE's ODE"),
+        ("gaussian", {"horizon_steps": 0}, "horizon_steps and action_dim must be >= 1, got 0, 2"),
+        ("gmm", {"action_dim": 0}, "horizon_steps and action_dim must be >= 1, got 4, 0"),
+    ],
+)
+def test_the_policy_keys_check_their_values_in_post_init(family, keys, message):
+    from model.diffusion.diffusion import DiffusionKeys
+    from model.diffusion.exact import ExactDiffusionKeys
+    from model.flow.flow import FlowKeys
+    from model.flow.shortcut import ShortcutKeys
+    from model.gaussian.model import GaussianKeys
+    from model.gmm.model import GMMKeys
+
+    cls = {
+        "diffusion": DiffusionKeys,
+        "flow": FlowKeys,
+        "shortcut": ShortcutKeys,
+        "exact": ExactDiffusionKeys,
+        "gaussian": GaussianKeys,
+        "gmm": GMMKeys,
+    }[family]
+    dims = {"horizon_steps": 4, "action_dim": 2} | ({} if family in ("gaussian", "gmm") else {"obs_dim": 3})
+    with pytest.raises(ValueError) as info:
+        cls(**(dims | keys))
+    assert str(info.value).startswith(message)
+
+
+def test_a_policy_is_built_from_its_keys_positionally_or_by_name():
+    from model.diffusion.diffusion import DiffusionKeys, DiffusionModel
+    from model.diffusion.mlp_diffusion import DiffusionMLP
+
+    net = DiffusionMLP(2, 4, 3, mlp_dims=(8,))
+    by_position = DiffusionModel(net, 4, 3, 2, 5)
+    by_name = DiffusionModel(net, horizon_steps=4, obs_dim=3, action_dim=2, denoising_steps=5)
+    assert by_position.keys == by_name.keys == DiffusionKeys(4, 3, 2, denoising_steps=5)
+    assert (by_name.denoising_steps, by_name.randn_clip_value, by_name.min_logprob_denoising_std) == (5, 10.0, 0.1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'denoising_step'"):
+        DiffusionModel(net, horizon_steps=4, obs_dim=3, action_dim=2, denoising_step=5)
