@@ -248,7 +248,7 @@ def test_ddim_finetuning_with_a_learned_eta_from_the_config(base: Path):
     from agent.finetune.ppo import PPOAgent
 
     eta = "+model.eta={_target_:model.diffusion.eta.EtaFixed,base_eta:0.5,min_eta:0.1,max_eta:1.0}"
-    extra = ["model.use_ddim=true", "model.ddim_steps=5", "ft_denoising_steps=5", eta, "+model.learn_eta=true",
+    extra = ["model.use_ddim=true", "model.ddim_steps=5", "ft_denoising_steps=5", eta, "model.learn_eta=true",
              "train.eta_lr=1e-2", "train.ent_coef=0.01"]  # fmt: skip
     agent = PPOAgent(finetune_config("diffusion", base, 1, extra))
     assert agent.policy.use_ddim and "eta" in agent.algorithm.optimizers
@@ -258,7 +258,7 @@ def test_ddim_finetuning_with_a_learned_eta_from_the_config(base: Path):
     saved = load_checkpoint(latest_checkpoint(agent.logdir))
     assert "eta.eta_logit" in saved["model"] and "eta" in saved["algorithm"]["optimizers"]
     # an eval config has no eta (deterministic DDIM uses eta = 0): the checkpoint still loads, fine-tuned weights
-    evaluator = eval_agent(latest_checkpoint(agent.logdir), 5, ["+model.use_ddim=true", "+model.ddim_steps=5"])
+    evaluator = eval_agent(latest_checkpoint(agent.logdir), 5, ["model.use_ddim=true", "model.ddim_steps=5"])
     assert evaluator.checkpoint_kind == "finetune" and evaluator.policy.eta is None
     for key, value in evaluator.policy.actor_ft.state_dict().items():
         torch.testing.assert_close(value, saved["model"][f"actor_ft.{key}"])
