@@ -135,4 +135,10 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-__all__ = ["Policy", "Sample", "freeze", "load_base_and_copy"]
+def check_chunk_shape(horizon_steps: int, action_dim: int) -> None:
+    """The one-line error for an impossible action-chunk shape ``(Ta, Da)``."""
+    if horizon_steps < 1 or action_dim < 1:
+        raise ValueError(f"horizon_steps and action_dim must be >= 1, got {horizon_steps}, {action_dim}")
+
+
+__all__ = ["Policy", "Sample", "check_chunk_shape", "freeze", "load_base_and_copy"]

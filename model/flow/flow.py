@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from model.base import Policy, Sample, freeze, load_base_and_copy
+from model.base import Policy, Sample, check_chunk_shape, freeze, load_base_and_copy
 from model.common.modules import denoise_fn, encode_cond
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -71,8 +71,7 @@ class FlowKeys:
     min_logprob_denoising_std: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.horizon_steps < 1 or self.action_dim < 1:
-            raise ValueError(f"horizon_steps and action_dim must be >= 1, got {self.horizon_steps}, {self.action_dim}")
+        check_chunk_shape(self.horizon_steps, self.action_dim)
         k, k_ft = self.denoising_steps, self.ft_denoising_steps
         if k < 1:
             raise ValueError(f"denoising_steps (Euler steps) must be >= 1, got {k}")

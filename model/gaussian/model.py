@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from model.base import Policy, Sample
+from model.base import Policy, Sample, check_chunk_shape
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -47,12 +47,6 @@ class GaussianKeys:
 
     def __post_init__(self) -> None:
         check_chunk_shape(self.horizon_steps, self.action_dim)
-
-
-def check_chunk_shape(horizon_steps: int, action_dim: int) -> None:
-    """The one-line error for an impossible action-chunk shape ``(Ta, Da)``."""
-    if horizon_steps < 1 or action_dim < 1:
-        raise ValueError(f"horizon_steps and action_dim must be >= 1, got {horizon_steps}, {action_dim}")
 
 
 class GaussianModel(Policy):

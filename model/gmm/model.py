@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from model.base import Policy, Sample
-from model.gaussian.model import check_chunk_shape, check_single_step
+from model.base import Policy, Sample, check_chunk_shape
+from model.gaussian.model import check_single_step
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
