@@ -276,9 +276,9 @@ def main() -> None:
     print("rates per wall-clock second, and per process CPU second (= idle-core wall time when single-threaded)")
     print(f"{'measure':50s} {'wall':>10s} {'cpu':>10s} {'reference':>10s} {'wall/ref':>8s}")
 
-    def row(name: str, value: tuple[float, float], ref: float | None) -> None:
+    def row(name: str, value: tuple[float, float], ref: float | None, digits: int = 0) -> None:
         ref_s, ratio = (f"{ref:,.0f}", f"{value[0] / ref:.2f}x") if ref else ("-", "")
-        print(f"{name:50s} {value[0]:>10,.0f} {value[1]:>10,.0f} {ref_s:>10s} {ratio:>8s}")
+        print(f"{name:50s} {value[0]:>10,.{digits}f} {value[1]:>10,.{digits}f} {ref_s:>10s} {ratio:>8s}")
 
     row("calibration: float32 matmul GFLOP/s", gflops, None)
     row("raw vector env, env steps/s", raw_rate, None)
@@ -314,8 +314,8 @@ def main() -> None:
         ratio = paired(families["reflow"][:, 0], families["diffusion"][:, 0])
         steps = args.flow_steps * 40 * te
         print(f"\nflow beside diffusion: one training iteration at each config's shapes, {steps:,} env steps each")
-        row("  diffusion (ft_ppo_diffusion_mlp, K=20, K'=10), s", tuple(np.median(families["diffusion"], 0)), None)
-        row("  reflow (ft_ppo_reflow_mlp, K=K'=4), s", tuple(np.median(families["reflow"], 0)), None)
+        row("  diffusion (ft_ppo_diffusion_mlp, K=20, K'=10), s", tuple(np.median(families["diffusion"], 0)), None, 2)
+        row("  reflow (ft_ppo_reflow_mlp, K=K'=4), s", tuple(np.median(families["reflow"], 0)), None, 2)
         print(f"{'  reflow / diffusion (goal <= 0.3; paired rounds)':50s} {ratio:>10.2f}")
 
 

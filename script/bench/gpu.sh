@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check of issue 13, one prepared script (<= 8 minutes on an H200 with 16 cores):
+# The GPU check of issues 13 and 17, one prepared script (<= 8 minutes on an H200 with 16 cores):
 #   1. the CUDA-vs-CPU tests (python -m pytest -m gpu tests/gpu),
 #   2. the pretraining benchmark (script/bench/pretrain.py) on the device,
-#   3. the fine-tuning benchmark (script/bench/finetune.py --full: rates and one paper-size hopper iteration),
+#   3. the fine-tuning benchmark (script/bench/finetune.py --full: rates, one paper-size hopper iteration, and one
+#      ReFlow PPO iteration beside one DPPO iteration on the same env steps: issue 17's ratio, goal <= 0.3),
 #   4. paper-size hopper iterations with their parts (script/bench/iteration.py), the config's env and +env.workers=auto,
 # then ONE summary table (script/bench/gpu_summary.py).
 #
@@ -77,7 +78,7 @@ if [ "$QUICK" = 1 ]; then
     step iteration 120 "$PY" script/bench/iteration.py --device "$DEVICE" --iterations 1 --n-steps 5 --batch 2000
 else
     step pretrain 60 "$PY" script/bench/pretrain.py --device "$DEVICE" --steps 100 --repeats 3
-    step finetune 140 "$PY" script/bench/finetune.py --device "$DEVICE" --repeats 3 --full
+    step finetune 170 "$PY" script/bench/finetune.py --device "$DEVICE" --repeats 3 --full
     step iteration 80 "$PY" script/bench/iteration.py --device "$DEVICE" --iterations 2
     step iteration_workers 50 "$PY" script/bench/iteration.py --device "$DEVICE" --iterations 1 +env.workers=auto
     cat "$LOGS/iteration_workers.log" >>"$LOGS/iteration.log"

@@ -22,6 +22,9 @@ FINETUNE_ROWS = {  # table label -> regex of script/bench/finetune.py's line (th
     "rollout env steps/s (sample + env + buffer)": rf"^rollout \(sample\+env\+buffer\), env steps/s, \w+\s+{NUMBER}",
     "paper iteration s (extrapolated from the rates)": rf"^one paper iteration, s \(extrapolated\)\s+{NUMBER}",
     "paper iteration s (finetune.py --full)": rf"^one paper iteration, s \(measured, --full\)\s+{NUMBER}",
+    "flow comparison: DPPO iteration s (K=20, K'=10)": rf"^  diffusion \(ft_ppo_diffusion_mlp[^)]*\), s\s+{NUMBER}",
+    "flow comparison: ReFlow PPO iteration s (K=K'=4)": rf"^  reflow \(ft_ppo_reflow_mlp[^)]*\), s\s+{NUMBER}",
+    "flow comparison: reflow / diffusion (issue 17's goal <= 0.3)": rf"^  reflow / diffusion \([^)]*\)\s+{NUMBER}",
 }
 PRETRAIN_ROW = re.compile(r"^(\w+)\s+(\d+)\s+(\S+)\s+([\d,]+)\s+([\d,]+)\s")
 ITERATION_ROW = re.compile(r"^iteration (\d+) \[([^\]]*)\] (.*)$")
@@ -81,7 +84,16 @@ def table(logs: Path, goal_s: float) -> list[str]:
     finetune = read(logs / "finetune.log")
     for label, pattern in FINETUNE_ROWS.items():
         value = find(pattern, finetune)
-        rows.append((label, "-" if value is None else f"{value:,.1f}" if value < 100 else f"{value:,.0f}", ""))
+        text = (
+            "-"
+            if value is None
+            else f"{value:.2f}"
+            if value < 10
+            else f"{value:,.1f}"
+            if value < 100
+            else f"{value:,.0f}"
+        )
+        rows.append((label, text, ""))
     for i, label, fig in iteration_rows(read(logs / "iteration.log")):
         total = float(fig.get("total_s", "nan"))
         paper = fig.get("n_steps") == "500" and fig.get("batch") == "50000"

@@ -17,6 +17,11 @@ old-log-prob pass, rows/s                           5,600,000  5,000,000     73,
 PPO update, rows/s (50,000-row minibatches)         2,100,000  2,000,000     22,000   95.45x
 rollout (sample+env+buffer), env steps/s, pipelined      9,876     12,000          -
 one paper iteration, s (measured, --full)                 11.5        9.9         60    5.22x
+
+flow beside diffusion: one training iteration at each config's shapes, 16,000 env steps each
+  diffusion (ft_ppo_diffusion_mlp, K=20, K'=10), s        4.10       30.5          -
+  reflow (ft_ppo_reflow_mlp, K=K'=4), s                   1.05        8.0          -
+  reflow / diffusion (goal <= 0.3; paired rounds)         0.26
 """
 ITERATION = """\
 iteration 1 [config] device=cuda:0 n_steps=500 batch=50000 total_s=16.20 rollout_s=12.00 env_wait_s=3.00 \
@@ -44,6 +49,8 @@ def test_table_reads_every_log(tmp_path: Path) -> None:
     assert row(lines, "PPO update rows/s")[1] == "2,100,000"
     assert row(lines, "rollout env steps/s")[1] == "9,876"
     assert row(lines, "paper iteration s (finetune.py --full)")[1] == "11.5"
+    assert row(lines, "flow comparison: DPPO iteration s")[1] == "4.10"
+    assert row(lines, "flow comparison: reflow / diffusion")[1] == "0.26"
     assert row(lines, "raw vector env")[1] == "-"  # not in the log
     first, second = row(lines, "hopper iteration 1, 500 steps"), row(lines, "hopper iteration 2, 500 steps")
     assert first[1] == "16.20" and first[2].startswith("misses the 15 s goal") and "start-up" in first[2]
