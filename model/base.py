@@ -7,6 +7,7 @@ single PPO implementation serves all families.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar, NamedTuple
@@ -28,7 +29,7 @@ class Sample(NamedTuple):
 
 
 class Policy(nn.Module, ABC):
-    """Base of every policy family (diffusion, Gaussian, GMM): what pretraining and fine-tuning use of a policy.
+    """Base of every policy family (diffusion, flow, Gaussian, GMM): what pretraining and fine-tuning use of a policy.
 
     Observations ``cond`` are dicts of tensors: ``cond["state"]`` is ``(B, To, Do)`` float32, optionally
     ``cond["rgb"]`` is ``(B, To_img, C, H, W)``. The optional capabilities are explicit members with defaults that
@@ -36,8 +37,8 @@ class Policy(nn.Module, ABC):
 
     * ``ft_denoising_steps``: K', the denoising steps fine-tuning trains (diffusion); 0 for the other families.
     * ``has_base_policy``: ``sample(use_base_policy=True)`` runs the frozen pretrained policy (diffusion and flow
-      keep it as ``network``, ``load_base_state_dict`` loads it); without it, PPO's behaviour-cloning term keeps a
-      frozen copy of its own.
+      keep it as ``network``, see `ChainPolicy`); without it, PPO's behaviour-cloning term keeps a frozen copy of
+      its own.
     * ``eta_parameters()``: the parameters of a learned DDIM noise scale (empty unless one is learned).
     * ``entropy(cond)``: an entropy bonus term, or None where the family has none.
     """
@@ -107,25 +108,49 @@ class Policy(nn.Module, ABC):
             raise ValueError(f"{type(self).__name__} keeps no frozen base policy (use_base_policy=True)")
 
 
-def load_base_and_copy(
-    network: nn.Module, actor_ft: nn.Module | None, state_dict: Mapping[str, Tensor], strict: bool = True
-) -> None:
-    """Load pretrained weights into the frozen base ``network`` and re-copy them into ``actor_ft`` (if any).
+class ChainPolicy(Policy):
+    """A policy sampled through a chain of network steps (diffusion, flow): the pretrained ``network`` and, when
+    fine-tuning trains its last K' = ``ft_denoising_steps`` steps, ``actor_ft``, a trainable copy that runs them
+    while ``network`` stays frozen (the base policy of ``sample(use_base_policy=True)``)."""
 
-    Args:
-        network: the base network (frozen once a trainable copy exists).
-        actor_ft: its trainable copy, or None.
-        state_dict: a whole policy's state dict (keys ``network.*``; other keys are ignored) or the network's own.
-        strict: passed to ``network.load_state_dict``.
-    """
-    prefix = "network."
-    if any(key.startswith(prefix) for key in state_dict):
-        sd = {key[len(prefix) :]: v for key, v in state_dict.items() if key.startswith(prefix)}
-    else:
-        sd = dict(state_dict)
-    network.load_state_dict(sd, strict=strict)
-    if actor_ft is not None:
-        actor_ft.load_state_dict(network.state_dict())
+    has_base_policy = True
+    actor_ft: nn.Module | None
+
+    def hold_networks(self, network: nn.Module) -> None:
+        """Keep ``network`` and, with K' > 0, freeze it and make ``actor_ft`` its trainable copy (else None)."""
+        self.network = network
+        if self.ft_denoising_steps > 0:
+            self.actor_ft = copy.deepcopy(network)
+            freeze(self.network)
+        else:
+            self.actor_ft = None
+
+    @property
+    def n_chain_steps(self) -> int:
+        """K', the number of scored transitions per chain."""
+        return self.ft_denoising_steps
+
+    @property
+    def trainable_network(self) -> nn.Module:
+        """The network fine-tuning trains: ``actor_ft`` when K' > 0, else ``network``."""
+        return self.actor_ft if self.actor_ft is not None else self.network
+
+    def load_base_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> None:
+        """Load pretrained weights into the frozen base ``network`` and re-copy them into ``actor_ft`` (if any); other
+        modules (eta, the flow's noise) keep their values.
+
+        Args:
+            state_dict: a whole policy's state dict (keys ``network.*``; other keys are ignored) or the network's own.
+            strict: passed to ``network.load_state_dict``.
+        """
+        prefix = "network."
+        if any(key.startswith(prefix) for key in state_dict):
+            sd = {key[len(prefix) :]: v for key, v in state_dict.items() if key.startswith(prefix)}
+        else:
+            sd = dict(state_dict)
+        self.network.load_state_dict(sd, strict=strict)
+        if self.actor_ft is not None:
+            self.actor_ft.load_state_dict(self.network.state_dict())
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -141,4 +166,4 @@ def check_chunk_shape(horizon_steps: int, action_dim: int) -> None:
         raise ValueError(f"horizon_steps and action_dim must be >= 1, got {horizon_steps}, {action_dim}")
 
 
-__all__ = ["Policy", "Sample", "check_chunk_shape", "freeze", "load_base_and_copy"]
+__all__ = ["ChainPolicy", "Policy", "Sample", "check_chunk_shape", "freeze"]

@@ -14,17 +14,15 @@ Conventions (docs/algorithms.md#diffusion-policy):
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from model.base import Policy, Sample, check_chunk_shape, freeze, load_base_and_copy
+from model.base import ChainPolicy, Sample, check_chunk_shape, freeze
 from model.common.modules import denoise_fn, encode_cond
 from model.diffusion.schedule import (
     DDIM_SIGMA_FLOOR,
@@ -126,7 +124,7 @@ class DiffusionKeys:
             raise ValueError("learn_eta=True requires use_ddim=True (eta only enters DDIM sampling)")
 
 
-class DiffusionModel(Policy):
+class DiffusionModel(ChainPolicy):
     """Diffusion policy over action chunks ``(B, Ta, Da)`` conditioned on an observation dict.
 
     The other keys are the fields of `DiffusionKeys`, its schema (positionally after ``network``, or by name; ``eta`` by
@@ -139,8 +137,6 @@ class DiffusionModel(Policy):
         eta: DDIM eta module (EtaFixed, EtaState, ...; ``cond -> (B, 1) | (B, Da)``) or a constant float.
             None means eta = 1 (DDIM then has DDPM's per-step noise, see tests). Ignored for DDPM.
     """
-
-    has_base_policy = True  # the frozen pretrained denoiser is `network` (sample(use_base_policy=True))
 
     # Non-persistent buffers registered by `_register_schedule` (DDPM constants, then the per-loop-step table).
     betas: Tensor
@@ -194,12 +190,7 @@ class DiffusionModel(Policy):
         self.learn_eta = k.learn_eta
 
         # Denoisers: `network` is the pre-trained one; with K' > 0 it is frozen and `actor_ft` is trained.
-        self.network = network
-        if self.ft_denoising_steps > 0:
-            self.actor_ft: nn.Module | None = copy.deepcopy(network)
-            freeze(self.network)
-        else:
-            self.actor_ft = None
+        self.hold_networks(network)
 
         # eta (DDIM noise scale): unused for DDPM, but accepted since DPPO's DDPM configs carry an eta block.
         self._eta_const: float | None = None
@@ -273,16 +264,6 @@ class DiffusionModel(Policy):
         """Number of denoising loop steps N (K for DDPM, Kd for DDIM)."""
         return self.ddim_steps if self.use_ddim and self.ddim_steps is not None else self.denoising_steps
 
-    @property
-    def n_chain_steps(self) -> int:
-        """K', the number of scored transitions per chain."""
-        return self.ft_denoising_steps
-
-    @property
-    def trainable_network(self) -> nn.Module:
-        """The denoiser fine-tuning trains: ``actor_ft`` when K' > 0, else ``network``."""
-        return self.actor_ft if self.actor_ft is not None else self.network
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters fine-tuning updates: the trainable denoiser, plus the eta module if ``learn_eta``."""
         params = list(self.trainable_network.parameters())
@@ -293,16 +274,6 @@ class DiffusionModel(Policy):
     def eta_parameters(self) -> list[nn.Parameter]:
         """The learned eta module's parameters when ``learn_eta`` (DDIM), else none."""
         return list(self.eta.parameters()) if self.learn_eta and self.eta is not None else []
-
-    def load_base_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> None:
-        """Load pre-trained denoiser weights into ``network`` and re-copy them into ``actor_ft``.
-
-        Args:
-            state_dict: either a full DiffusionModel state dict (keys ``network.*``; other keys are ignored)
-                or the denoiser's own state dict (no prefix).
-            strict: passed to ``load_state_dict`` of the denoiser.
-        """
-        load_base_and_copy(self.network, self.actor_ft, state_dict, strict)
 
     def noised(self, actions: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Forward diffusion q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.

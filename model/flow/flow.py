@@ -18,16 +18,14 @@ Conventions (docs/algorithms.md#flow-policies):
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from model.base import Policy, Sample, check_chunk_shape, freeze, load_base_and_copy
+from model.base import ChainPolicy, Sample, check_chunk_shape
 from model.common.modules import denoise_fn, encode_cond
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -85,7 +83,7 @@ class FlowKeys:
             raise ValueError("min_sampling_denoising_std and min_logprob_denoising_std must be >= 0")
 
 
-class FlowModel(Policy):
+class FlowModel(ChainPolicy):
     """Rectified-flow (1-ReFlow) policy over action chunks ``(B, Ta, Da)`` conditioned on an observation dict.
 
     The other keys are the fields of `FlowKeys`, its schema (positionally after ``network``, or by name; ``noise`` by
@@ -98,7 +96,6 @@ class FlowModel(Policy):
             K' > 0.
     """
 
-    has_base_policy = True  # the frozen pretrained velocity is `network` (sample(use_base_policy=True))
     Keys: ClassVar[type[FlowKeys]] = FlowKeys
     """The schema of the keys (after ``network`` and ``noise``) the constructor takes, positionally or by name."""
 
@@ -120,26 +117,11 @@ class FlowModel(Policy):
         self.min_sampling_denoising_std = float(k.min_sampling_denoising_std)
         self.min_logprob_denoising_std = float(k.min_logprob_denoising_std)
 
-        self.network = network
-        if self.ft_denoising_steps > 0:
-            self.actor_ft: nn.Module | None = copy.deepcopy(network)
-            freeze(self.network)
-        else:
-            self.actor_ft = None
+        self.hold_networks(network)
         self.noise = noise if self.ft_denoising_steps > 0 else None
 
     # --------------------------------------------------------------------------------------------------------
     # the protocol
-
-    @property
-    def n_chain_steps(self) -> int:
-        """K', the number of scored transitions per chain."""
-        return self.ft_denoising_steps
-
-    @property
-    def trainable_network(self) -> nn.Module:
-        """The velocity fine-tuning trains: ``actor_ft`` when K' > 0, else ``network``."""
-        return self.actor_ft if self.actor_ft is not None else self.network
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The trainable velocity and the noise module (trained with the actor's optimiser)."""
@@ -147,11 +129,6 @@ class FlowModel(Policy):
         if self.noise is not None:
             params += list(self.noise.parameters())
         return params
-
-    def load_base_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> None:
-        """Load pretrained velocity weights into ``network`` and re-copy them into ``actor_ft``; the noise module
-        keeps its initial values (pretraining has none)."""
-        load_base_and_copy(self.network, self.actor_ft, state_dict, strict)
 
     def step_times(self, device: torch.device) -> Tensor:
         """``(K,)`` network time input of Euler step i: (i / K) * time_scale."""
