@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
@@ -166,4 +166,22 @@ def check_chunk_shape(horizon_steps: int, action_dim: int) -> None:
         raise ValueError(f"horizon_steps and action_dim must be >= 1, got {horizon_steps}, {action_dim}")
 
 
-__all__ = ["ChainPolicy", "Policy", "Sample", "check_chunk_shape", "freeze"]
+def check_chain_keys(keys: Any) -> None:
+    """The checks every chain policy's keys share (DiffusionKeys, FlowKeys): the chunk shape, K = ``denoising_steps``
+    >= 1, 0 <= K' = ``ft_denoising_steps`` <= K, and a noise clip and std floors that are not negative."""
+    check_chunk_shape(keys.horizon_steps, keys.action_dim)
+    k, k_ft = keys.denoising_steps, keys.ft_denoising_steps
+    if k < 1:
+        raise ValueError(f"denoising_steps must be >= 1, got {k}")
+    if not 0 <= k_ft <= k:
+        raise ValueError(f"ft_denoising_steps={k_ft} must be in [0, denoising_steps={k}]")
+    if keys.randn_clip_value is not None and keys.randn_clip_value < 0:
+        raise ValueError(f"randn_clip_value must be >= 0 or None, got {keys.randn_clip_value}")
+    if keys.min_sampling_denoising_std < 0 or keys.min_logprob_denoising_std < 0:
+        raise ValueError(
+            "min_sampling_denoising_std and min_logprob_denoising_std must be >= 0, got "
+            f"{keys.min_sampling_denoising_std}, {keys.min_logprob_denoising_std}"
+        )
+
+
+__all__ = ["ChainPolicy", "Policy", "Sample", "check_chain_keys", "check_chunk_shape", "freeze"]

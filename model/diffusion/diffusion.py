@@ -22,7 +22,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from model.base import ChainPolicy, Sample, check_chunk_shape, freeze
+from model.base import ChainPolicy, Sample, check_chain_keys, freeze
 from model.common.modules import denoise_fn, encode_cond
 from model.diffusion.schedule import (
     DDIM_SIGMA_FLOOR,
@@ -96,12 +96,8 @@ class DiffusionKeys:
     learn_eta: bool = False
 
     def __post_init__(self) -> None:
-        check_chunk_shape(self.horizon_steps, self.action_dim)
+        check_chain_keys(self)
         k, k_ft = self.denoising_steps, self.ft_denoising_steps
-        if k < 1:
-            raise ValueError(f"denoising_steps must be >= 1, got {k}")
-        if not 0 <= k_ft <= k:
-            raise ValueError(f"ft_denoising_steps={k_ft} must be in [0, denoising_steps={k}]")
         if self.use_ddim:
             if self.ddim_steps is None:
                 raise ValueError("use_ddim=True needs ddim_steps (the number of DDIM steps Kd)")
@@ -111,13 +107,6 @@ class DiffusionKeys:
                 raise ValueError(f"ft_denoising_steps={k_ft} must be <= ddim_steps={self.ddim_steps} under DDIM")
             if not self.predict_epsilon:
                 raise ValueError("use_ddim=True requires predict_epsilon=True")
-        if self.randn_clip_value is not None and self.randn_clip_value < 0:
-            raise ValueError(f"randn_clip_value must be >= 0 or None, got {self.randn_clip_value}")
-        if self.min_sampling_denoising_std < 0 or self.min_logprob_denoising_std < 0:
-            raise ValueError(
-                "min_sampling_denoising_std and min_logprob_denoising_std must be >= 0, got "
-                f"{self.min_sampling_denoising_std}, {self.min_logprob_denoising_std}"
-            )
         if self.min_logprob_denoising_std == 0:
             log.warning("min_logprob_denoising_std=0: log-probs of the final denoising step are unbounded")
         if self.learn_eta and not self.use_ddim:

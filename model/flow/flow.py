@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from model.base import ChainPolicy, Sample, check_chunk_shape
+from model.base import ChainPolicy, Sample, check_chain_keys
 from model.common.modules import denoise_fn, encode_cond
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -69,18 +69,9 @@ class FlowKeys:
     min_logprob_denoising_std: float = 0.0
 
     def __post_init__(self) -> None:
-        check_chunk_shape(self.horizon_steps, self.action_dim)
-        k, k_ft = self.denoising_steps, self.ft_denoising_steps
-        if k < 1:
-            raise ValueError(f"denoising_steps (Euler steps) must be >= 1, got {k}")
-        if not 0 <= k_ft <= k:
-            raise ValueError(f"ft_denoising_steps={k_ft} must be in [0, denoising_steps={k}]")
+        check_chain_keys(self)
         if self.time_sampling not in TIME_SAMPLING:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLING}, got {self.time_sampling!r}")
-        if self.randn_clip_value is not None and self.randn_clip_value < 0:
-            raise ValueError(f"randn_clip_value must be >= 0 or None, got {self.randn_clip_value}")
-        if self.min_sampling_denoising_std < 0 or self.min_logprob_denoising_std < 0:
-            raise ValueError("min_sampling_denoising_std and min_logprob_denoising_std must be >= 0")
 
 
 class FlowModel(ChainPolicy):
